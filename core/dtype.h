@@ -1,0 +1,17 @@
+// Names of dtypes and devices as users and the reference write them.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+
+namespace diffsynth {
+
+// Accepts "bfloat16"/"bf16"/"torch.bfloat16", "float32"/"fp32"/"float", "float16"/"fp16"/"half",
+// "float8_e4m3fn"/"fp8", "float8_e5m2", "float64"; throws a clear Error otherwise.
+c10::ScalarType parse_dtype(const std::string& name);
+// "torch.bfloat16" style, as the reference prints dtypes.
+std::string dtype_name(c10::ScalarType t);
+// "cpu", "cuda", "cuda:1"; throws a clear Error for unknown or unavailable devices.
+torch::Device parse_device(const std::string& name);
+
+}  // namespace diffsynth

@@ -1,0 +1,27 @@
+#include "models/general_modules.h"
+
+namespace diffsynth {
+
+LinearImpl::LinearImpl(std::int64_t in, std::int64_t out, bool bias)
+    : in_features(in), out_features(out), has_bias(bias) {
+  meta_parameter("weight", {out, in});
+  if (bias) meta_parameter("bias", {out});
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  return torch::linear(x, param("weight"), has_bias ? param("bias") : torch::Tensor());
+}
+
+RMSNormImpl::RMSNormImpl(std::int64_t d, double e, bool affine) : dim(d), eps(e), elementwise_affine(affine) {
+  if (affine) meta_parameter("weight", {d});
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const auto input_dtype = x.scalar_type();
+  auto variance = x.to(torch::kFloat32).square().mean(-1, /*keepdim=*/true);
+  auto h = (x * torch::rsqrt(variance + eps)).to(input_dtype);
+  if (elementwise_affine) h = h * param("weight");
+  return h;
+}
+
+}  // namespace diffsynth

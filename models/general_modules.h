@@ -1,0 +1,33 @@
+// Layers shared by the model files (reference: diffsynth/models/general_modules.py and the
+// torch.nn layers it uses). Each is built on meta from its shapes and never initialised:
+// weights arrive by loading.
+#pragma once
+#include <torch/torch.h>
+
+#include "core/module.h"
+
+namespace diffsynth {
+
+// torch.nn.Linear: weight [out, in], bias [out].
+class LinearImpl : public Module {
+ public:
+  LinearImpl(std::int64_t in_features, std::int64_t out_features, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  std::int64_t in_features, out_features;
+  bool has_bias;
+};
+TORCH_MODULE(Linear);
+
+// general_modules.RMSNorm: mean of squares in fp32, normalised input cast back to the input
+// dtype before the weight multiply (so the product follows PyTorch's type promotion).
+class RMSNormImpl : public Module {
+ public:
+  RMSNormImpl(std::int64_t dim, double eps, bool elementwise_affine = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  std::int64_t dim;
+  double eps;
+  bool elementwise_affine;
+};
+TORCH_MODULE(RMSNorm);
+
+}  // namespace diffsynth

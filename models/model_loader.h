@@ -1,0 +1,57 @@
+// ModelPool: identifies checkpoints by hash and loads every model the config table lists for
+// them (reference: diffsynth/models/model_loader.py; messages are the reference's, verbatim).
+#pragma once
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "configs/model_configs.h"
+#include "core/loader/file.h"
+#include "core/module.h"
+#include "core/vram/config.h"
+
+namespace diffsynth {
+
+// fetch_model's `index`: an int (the first `index` models) or "all".
+struct FetchAll {};
+using FetchIndex = std::variant<std::int64_t, FetchAll>;
+
+class ModelPool {
+ public:
+  explicit ModelPool(std::ostream& out = std::cout) : out_(&out) {}
+
+  // Hashes the file(s), loads every config entry with that hash, prints the reference's messages.
+  // A single path prints as a string, several as a list (as the reference's str / list argument).
+  void auto_load_model(const ModelPaths& path, std::optional<VRAMConfig> vram_config = std::nullopt,
+                       std::optional<double> vram_limit = std::nullopt, bool clear_parameters = false);
+  std::shared_ptr<Module> load_model_file(const ModelConfigEntry& config, const ModelPaths& path,
+                                          const VRAMConfig& vram_config, std::optional<double> vram_limit);
+
+  // 0 matches -> nullptr; 1 -> it; several -> the first (with the reference's message).
+  std::shared_ptr<Module> fetch_model(const std::string& model_name);
+  // With an index: several matches -> the first `index` (int) or all; one match -> that one.
+  std::vector<std::shared_ptr<Module>> fetch_model(const std::string& model_name, FetchIndex index);
+
+  static VRAMConfig default_vram_config() { return VRAMConfig::default_config(); }
+  static void clear_parameters(Module& model);
+
+  std::vector<std::shared_ptr<Module>> model;
+  std::vector<std::string> model_name;
+  std::vector<ModelPaths> model_path;
+
+ private:
+  std::vector<std::size_t> matches(const std::string& name) const;
+  std::ostream* out_;
+};
+
+// Beyond the reference: for a file no config recognises, the implemented model whose layout
+// overlaps it most, with what is missing, extra or mis-shaped. Empty when nothing overlaps.
+std::string diagnose_unknown_model(const ModelPaths& path);
+// The reference's `{path}` / json.dumps(path, indent=4) renderings of a path argument.
+std::string path_str(const ModelPaths& path);
+std::string path_json(const ModelPaths& path, int indent = 4);
+
+}  // namespace diffsynth

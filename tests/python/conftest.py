@@ -1,0 +1,34 @@
+"""Shared helpers for the parity tests: our binaries (from CTest's environment) and the
+reference (the pinned `diffsynth` package installed in the same Python)."""
+import os
+import subprocess
+
+import pytest
+
+
+def _bin(var, name):
+    path = os.environ.get(var)
+    if not path:
+        # Running pytest by hand: fall back to the default build folder.
+        root = os.environ.get("DIFFSYNTH_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+        path = os.path.join(root, "build", "bin" if name == "diffsynth" else "tests", name)
+    if not os.path.exists(path):
+        pytest.fail(f"{name} binary not found at {path}: build first (scripts/test.sh)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def diffsynth_bin():
+    return _bin("DIFFSYNTH_BIN", "diffsynth")
+
+
+@pytest.fixture(scope="session")
+def parity_bin():
+    return _bin("DIFFSYNTH_PARITY_BIN", "diffsynth_parity")
+
+
+def run(cmd, check=True, **kw):
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
