@@ -1,26 +1,32 @@
 """Whole-process benchmark helpers: run a command, measure wall time and peak RSS (ru_maxrss of
 the child via wait4), repeat, report medians. Both sides are measured in the same run, one after
 the other, alternating, so machine noise hits both."""
-import json
 import os
 import platform
 import statistics
-import struct
 import subprocess
+import sys
+import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+from sparse_checkpoint import write_sparse_safetensors  # noqa: E402,F401
 
 
 def measure_rusage(cmd, env=None):
-    """Wall seconds, peak RSS bytes and stdout of one run of cmd."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = p.stdout.read()
-    err = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed: {err.decode()[-2000:]}")
-    return wall, ru.ru_maxrss * 1024, out.decode()
+    """Wall seconds, peak RSS bytes and stdout of one run of cmd (output goes through files so
+    the child is reaped by wait4, which reports its own peak RSS)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if p.returncode != 0:
+            raise RuntimeError(f"{cmd} failed: {err.read().decode()[-2000:]}")
+        return wall, ru.ru_maxrss * 1024, out.read().decode()
 
 
 def compare(name, ours_cmd, ref_cmd, repeats=3, env=None):
@@ -53,23 +59,6 @@ def machine():
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def write_sparse_safetensors(path, layout, dtype="BF16", itemsize=2):
-    """Header with the real layout, data left as a hole: a real file, nothing written."""
-    header, off = {}, 0
-    for k, shape in layout:
-        n = itemsize
-        for d in shape:
-            n *= d
-        header[k] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        f.truncate(8 + len(h) + off)
-    return 8 + len(h) + off
 
 
 def gib(b):

@@ -3,9 +3,8 @@ Blockwise ControlNet checkpoint (written sparse: header + hole, so nothing is re
 two-shard split of it, and an unknown layout."""
 import contextlib
 import io
-import json
 import os
-import struct
+import sys
 
 import pytest
 import torch
@@ -15,20 +14,8 @@ from diffsynth.models.qwen_image_controlnet import QwenImageBlockWiseControlNet
 from diffsynth.core.vram.initialization import skip_model_initialization
 from conftest import run
 
-
-def write_sparse(path, layout):
-    header, off = {}, 0
-    for k, shape in layout:
-        n = 2
-        for d in shape:
-            n *= d
-        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        f.truncate(8 + len(h) + off)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+from sparse_checkpoint import write_sparse_safetensors  # noqa: E402
 
 
 def controlnet_layout(**kwargs):
@@ -48,7 +35,7 @@ def reference_stdout(paths):
 def inpaint_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("cn")
     p = d / "model.safetensors"
-    write_sparse(p, controlnet_layout(additional_in_dim=4))
+    write_sparse_safetensors(p, controlnet_layout(additional_in_dim=4))
     return str(p)
 
 
@@ -61,15 +48,15 @@ def test_real_layout_single_file(inpaint_file, diffsynth_bin):
 def test_real_layout_two_shards(tmp_path, diffsynth_bin):
     layout = controlnet_layout()
     a, b = str(tmp_path / "model-00001-of-00002.safetensors"), str(tmp_path / "model-00002-of-00002.safetensors")
-    write_sparse(a, layout[:150])
-    write_sparse(b, layout[150:])
+    write_sparse_safetensors(a, layout[:150])
+    write_sparse_safetensors(b, layout[150:])
     ours = run([diffsynth_bin, "load", a, b])
     assert ours.stdout == reference_stdout([a, b])
 
 
 def test_unknown_layout_message(tmp_path, diffsynth_bin):
     p = str(tmp_path / "odd.safetensors")
-    write_sparse(p, controlnet_layout(num_layers=2, dim=64))
+    write_sparse_safetensors(p, controlnet_layout(num_layers=2, dim=64))
     with pytest.raises(ValueError) as e:
         with contextlib.redirect_stdout(io.StringIO()):
             ModelPool().auto_load_model(p)
