@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/loader/state_dict.h"
 #include "core/module.h"
 
@@ -38,6 +39,10 @@ class Kwargs {
   std::int64_t get_int(const std::string& name, std::int64_t default_value);
   double get_float(const std::string& name, double default_value);
   bool get_bool(const std::string& name, bool default_value);
+  // Python lists / tuples, given as JSON arrays (every element type-checked).
+  std::vector<std::int64_t> get_int_list(const std::string& name, std::vector<std::int64_t> default_value);
+  std::vector<double> get_float_list(const std::string& name, std::vector<double> default_value);
+  std::vector<bool> get_bool_list(const std::string& name, std::vector<bool> default_value);
   // Throws if any keyword was not consumed.
   void finish() const;
 
@@ -47,6 +52,33 @@ class Kwargs {
   nlohmann::ordered_json kwargs_;
   std::set<std::string> used_;
 };
+
+namespace kwargs_detail {
+template <typename T, typename Check>
+std::vector<T> list(const std::string& class_name, const std::string& name, const nlohmann::ordered_json* v,
+                    std::vector<T> d, Check is_ok, const char* what) {
+  if (!v) return d;
+  if (!v->is_array()) throw Error(class_name + "(): '" + name + "' must be a list of " + what + ", got " + v->dump());
+  std::vector<T> out;
+  for (const auto& e : *v) {
+    if (!is_ok(e)) throw Error(class_name + "(): '" + name + "' must be a list of " + what + ", got " + v->dump());
+    out.push_back(e.template get<T>());
+  }
+  return out;
+}
+}  // namespace kwargs_detail
+inline std::vector<std::int64_t> Kwargs::get_int_list(const std::string& name, std::vector<std::int64_t> d) {
+  return kwargs_detail::list<std::int64_t>(class_name_, name, take(name), std::move(d),
+                                           [](const auto& e) { return e.is_number_integer(); }, "integers");
+}
+inline std::vector<double> Kwargs::get_float_list(const std::string& name, std::vector<double> d) {
+  return kwargs_detail::list<double>(class_name_, name, take(name), std::move(d),
+                                     [](const auto& e) { return e.is_number(); }, "numbers");
+}
+inline std::vector<bool> Kwargs::get_bool_list(const std::string& name, std::vector<bool> d) {
+  return kwargs_detail::list<bool>(class_name_, name, take(name), std::move(d),
+                                   [](const auto& e) { return e.is_boolean(); }, "booleans");
+}
 
 }  // namespace diffsynth
 
