@@ -1,5 +1,5 @@
-"""Whole-process benchmark helpers: run a command, measure wall time and peak RSS (ru_maxrss of
-the child via wait4), repeat, report medians. Both sides are measured in the same run, one after
+"""Whole-process benchmark helpers: run a command, measure wall time and peak RSS (GNU time),
+repeat, report medians. Both sides are measured in the same run, one after
 the other, alternating, so machine noise hits both."""
 import os
 import platform
@@ -14,19 +14,19 @@ from sparse_checkpoint import write_sparse_safetensors  # noqa: E402,F401
 
 
 def measure_rusage(cmd, env=None):
-    """Wall seconds, peak RSS bytes and stdout of one run of cmd (output goes through files so
-    the child is reaped by wait4, which reports its own peak RSS)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Wall seconds, peak RSS bytes and stdout of one run of cmd. GNU time reports the peak RSS:
+    a child forked straight from this (large) Python process would count its pre-exec copy."""
+    with tempfile.NamedTemporaryFile("r") as stats, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, env=env)
-        _, status, ru = os.wait4(p.pid, 0)
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", stats.name, *[str(c) for c in cmd]],
+                           stdout=out, stderr=err, env=env)
         wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if p.returncode != 0:
             raise RuntimeError(f"{cmd} failed: {err.read().decode()[-2000:]}")
-        return wall, ru.ru_maxrss * 1024, out.read().decode()
+        peak_kib = int(stats.read().strip().splitlines()[-1])
+        return wall, peak_kib * 1024, out.read().decode()
 
 
 def compare(name, ours_cmd, ref_cmd, repeats=3, env=None):
