@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 from sparse_checkpoint import write_sparse_safetensors  # noqa: E402,F401
 
 
-def measure_rusage(cmd, env=None):
+def measure_rusage(cmd, env=None, capture_stderr=False):
     """Wall seconds, peak RSS bytes and stdout of one run of cmd. GNU time reports the peak RSS:
     a child forked straight from this (large) Python process would count its pre-exec copy."""
     with tempfile.NamedTemporaryFile("r") as stats, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -26,6 +26,8 @@ def measure_rusage(cmd, env=None):
         if p.returncode != 0:
             raise RuntimeError(f"{cmd} failed: {err.read().decode()[-2000:]}")
         peak_kib = int(stats.read().strip().splitlines()[-1])
+        if capture_stderr:
+            return wall, peak_kib * 1024, out.read().decode(), err.read().decode()
         return wall, peak_kib * 1024, out.read().decode()
 
 

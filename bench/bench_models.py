@@ -1,0 +1,116 @@
+"""Model forward benchmarks (Qwen-Image models issue): the same weights and inputs through our C++
+model (the diffsynth_parity tool, which reports its forward time) and the reference module in a
+Python process, side by side, same thread count (torch's default on this box for both).
+
+1. DiT model_fn, full-width single block (QwenImageDiT(num_layers=1): 3072 wide, 24 x 128 heads),
+   64x64 latents = 1024 image tokens (512x512-equivalent; the 4096-token 1024x1024 case takes minutes
+   per run on 2 cores) + 32 text tokens, fp32.
+2. VAE decode of a 512x512 image (the real QwenImageVAE, random weights), fp32, and bf16.
+Whole-process wall time and peak RSS (GNU time) plus the forward time each side reports.
+
+Usage: python bench/bench_models.py BUILD_DIR [--repeats 2]
+"""
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import gib, machine, measure_rusage  # noqa: E402
+
+REF_DIT = r"""
+import sys, time, torch
+from safetensors.torch import load_file
+from diffsynth.core.vram.initialization import skip_model_initialization
+from diffsynth.models.qwen_image_dit import QwenImageDiT
+from diffsynth.pipelines.qwen_image import model_fn_qwen_image
+torch.set_grad_enabled(False)
+with skip_model_initialization():
+    m = QwenImageDiT(num_layers=1)
+m.load_state_dict(load_file(sys.argv[1]), assign=True)
+x = load_file(sys.argv[2])
+t0 = time.perf_counter()
+out = model_fn_qwen_image(dit=m, latents=x["latents"], timestep=x["timestep"], prompt_emb=x["prompt_emb"],
+                          prompt_emb_mask=x["prompt_emb_mask"], height=x["latents"].shape[2] * 8, width=x["latents"].shape[3] * 8)
+print("forward", time.perf_counter() - t0)
+"""
+
+REF_VAE = r"""
+import sys, time, torch
+from safetensors.torch import load_file
+from diffsynth.core.vram.initialization import skip_model_initialization
+from diffsynth.models.qwen_image_vae import QwenImageVAE
+torch.set_grad_enabled(False)
+dtype = getattr(torch, sys.argv[3])
+with skip_model_initialization():
+    m = QwenImageVAE()
+m.load_state_dict(load_file(sys.argv[1]), assign=True)
+m = m.to(dtype)
+z = load_file(sys.argv[2])["latents"].to(dtype)
+t0 = time.perf_counter()
+out = m.decode(z)
+print("forward", time.perf_counter() - t0)
+"""
+
+
+def forward_time(text, pattern):
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else float("nan")
+
+
+def compare(name, ours_cmd, ref_cmd, repeats):
+    ours, ref = [], []
+    for _ in range(repeats):
+        ours.append(measure_rusage(ours_cmd, capture_stderr=True))
+        ref.append(measure_rusage(ref_cmd))
+    o_fwd = statistics.median(forward_time(r[3], r"ran in ([0-9.e-]+) s") for r in ours)
+    r_fwd = statistics.median(forward_time(r[2], r"forward ([0-9.e-]+)") for r in ref)
+    return (name, o_fwd, r_fwd, statistics.median(r[0] for r in ours), statistics.median(r[0] for r in ref),
+            max(r[1] for r in ours), max(r[1] for r in ref))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("build")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    parity = os.path.join(args.build, "tests", "diffsynth_parity")
+    py = sys.executable
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        from diffsynth.core.vram.initialization import skip_model_initialization  # noqa: F401
+        from diffsynth.models.qwen_image_dit import QwenImageDiT
+        from diffsynth.models.qwen_image_vae import QwenImageVAE
+        torch.manual_seed(0)
+        dit = QwenImageDiT(num_layers=1)
+        save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, f"{d}/dit.safetensors")
+        del dit
+        save_file({"latents": torch.randn(1, 16, 64, 64), "timestep": torch.tensor([500.0]),
+                   "prompt_emb": torch.randn(1, 32, 3584), "prompt_emb_mask": torch.ones(1, 32, dtype=torch.long)},
+                  f"{d}/dit_in.safetensors")
+        rows.append(compare("DiT model_fn, 1 full-width block, 1024+32 tokens, fp32",
+                            [parity, "qwen_image_dit", f"{d}/dit.safetensors", f"{d}/dit_in.safetensors", f"{d}/o.safetensors",
+                             "float32", '{"num_layers": 1}'],
+                            [py, "-c", REF_DIT, f"{d}/dit.safetensors", f"{d}/dit_in.safetensors"], args.repeats))
+        vae = QwenImageVAE()
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, f"{d}/vae.safetensors")
+        save_file({"latents": torch.randn(1, 16, 64, 64)}, f"{d}/vae_in.safetensors")
+        for dtype in ("float32", "bfloat16"):
+            rows.append(compare(f"VAE decode 512x512, {dtype}",
+                                [parity, "qwen_image_vae", f"{d}/vae.safetensors", f"{d}/vae_in.safetensors",
+                                 f"{d}/o.safetensors", dtype, "{}"],
+                                [py, "-c", REF_VAE, f"{d}/vae.safetensors", f"{d}/vae_in.safetensors", dtype], args.repeats))
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
+    print("| benchmark | forward ours | forward reference | ratio ours/ref | process ours | process reference | peak RSS ours | peak RSS reference |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, of, rf, ow, rw, orss, rrss in rows:
+        print(f"| {name} | {of:.2f} s | {rf:.2f} s | {of / rf:.2f} | {ow:.1f} s | {rw:.1f} s | {gib(orss)} | {gib(rrss)} |")
+
+
+if __name__ == "__main__":
+    main()
