@@ -58,6 +58,42 @@ print("forward", time.perf_counter() - t0)
 """
 
 
+REF_TE = r"""
+import copy, sys, time, torch, transformers
+from safetensors.torch import load_file
+from diffsynth.core.vram.initialization import skip_model_initialization
+from diffsynth.models.qwen_image_text_encoder import QwenImageTextEncoder
+from diffsynth.utils.state_dict_converters.qwen_image_text_encoder import QwenImageTextEncoderStateDictConverter
+torch.set_grad_enabled(False)
+TEXT = dict(num_hidden_layers=2, vocab_size=16384)
+VISION = dict(depth=1, hidden_size=64, num_heads=2, intermediate_size=96, fullatt_block_indexes=[0])
+real = transformers.Qwen2_5_VLConfig
+def reduced(**kw):
+    kw = copy.deepcopy(kw); kw.update(TEXT); kw["text_config"].update(TEXT)
+    kw["text_config"]["layer_types"] = ["full_attention"] * TEXT["num_hidden_layers"]
+    kw["vision_config"].update(VISION, out_hidden_size=3584)
+    return real(**kw)
+transformers.Qwen2_5_VLConfig = reduced
+if sys.argv[3] == "init":
+    torch.manual_seed(0)
+    m = QwenImageTextEncoder()
+    sd = {}
+    for k, v in m.state_dict().items():
+        k = "model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else (k[len("model."):] if k.startswith("model.visual.") else k)
+        sd[k] = (v * 0.02 if v.dim() > 1 else v).contiguous()
+    from safetensors.torch import save_file
+    save_file(sd, sys.argv[1]); sys.exit(0)
+with skip_model_initialization():
+    m = QwenImageTextEncoder()
+m.load_state_dict(QwenImageTextEncoderStateDictConverter(load_file(sys.argv[1])), assign=True)
+m.eval()
+x = load_file(sys.argv[2])
+t0 = time.perf_counter()
+h = m(input_ids=x["input_ids"], attention_mask=x["attention_mask"])[-1]
+print("forward", time.perf_counter() - t0)
+"""
+
+
 def forward_time(text, pattern):
     m = re.search(pattern, text)
     return float(m.group(1)) if m else float("nan")
@@ -105,6 +141,18 @@ def main():
                                 [parity, "qwen_image_vae", f"{d}/vae.safetensors", f"{d}/vae_in.safetensors",
                                  f"{d}/o.safetensors", dtype, "{}"],
                                 [py, "-c", REF_VAE, f"{d}/vae.safetensors", f"{d}/vae_in.safetensors", dtype], args.repeats))
+        # 3. text encoder: full width (3584, 28/4 heads, 18944 MLP), 2 layers, 16k vocab, 256 tokens, fp32.
+        import subprocess
+        subprocess.run([py, "-c", REF_TE, f"{d}/te.safetensors", "-", "init"], check=True)
+        save_file({"input_ids": torch.randint(0, 16384, (1, 256)), "attention_mask": torch.ones(1, 256, dtype=torch.long)},
+                  f"{d}/te_in.safetensors")
+        te_kwargs = '{"num_hidden_layers": 2, "vocab_size": 16384, "vision_depth": 1, "vision_hidden_size": 64, ' \
+                    '"vision_num_heads": 2, "vision_intermediate_size": 96}'
+        rows.append(compare("text encoder forward, 2 full-width layers, 256 tokens, fp32",
+                            [parity, "qwen_image_text_encoder", f"{d}/te.safetensors", f"{d}/te_in.safetensors",
+                             f"{d}/o.safetensors", "float32", te_kwargs,
+                             '{"converter": "diffsynth.utils.state_dict_converters.qwen_image_text_encoder.QwenImageTextEncoderStateDictConverter"}'],
+                            [py, "-c", REF_TE, f"{d}/te.safetensors", f"{d}/te_in.safetensors", "run"], args.repeats))
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
     print("| benchmark | forward ours | forward reference | ratio ours/ref | process ours | process reference | peak RSS ours | peak RSS reference |")
     print("|---|---|---|---|---|---|---|---|")

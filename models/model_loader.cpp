@@ -189,8 +189,8 @@ std::string diagnose_unknown_model(const ModelPaths& path) {
   std::snprintf(pct, sizeof pct, "%.1f%%", best_diff.score() * 100.0);
   std::string kwargs = best->extra_kwargs.is_null() ? "" : " " + best->extra_kwargs.dump();
   return "Closest known model: " + best->model_name + " (" + short_class(best->model_class) + kwargs + ", hash " +
-         best->model_hash + "), " + std::to_string(best_diff.matched) + " tensors match (" + pct +
-         " of the layout); " + format_layout_diff(best_diff);
+         best->model_hash + "), " + std::to_string(best_diff.matched) + " tensors match, layout overlap " + pct +
+         "; " + format_layout_diff(best_diff);
 }
 
 }  // namespace diffsynth

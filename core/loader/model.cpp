@@ -17,8 +17,10 @@ std::string shape_repr(c10::IntArrayRef shape) {
 }
 
 double LayoutDiff::score() const {
+  // A key present with the wrong shape still says "same architecture, other size": half credit,
+  // so a resized model of the right family beats an unrelated one that shares a key or two.
   const double total = static_cast<double>(matched + missing.size() + unexpected.size() + mismatched.size());
-  return total == 0 ? 0.0 : static_cast<double>(matched) / total;
+  return total == 0 ? 0.0 : (static_cast<double>(matched) + 0.5 * static_cast<double>(mismatched.size())) / total;
 }
 
 LayoutDiff diff_layout(const Module& model, const StateDict& sd) {

@@ -31,7 +31,7 @@ struct LayoutDiff {
   std::vector<std::string> missing;      // in the model, not in the file
   std::vector<std::string> unexpected;   // in the file, not in the model
   std::vector<std::string> mismatched;   // "key (file [a, b], model [c, d])"
-  double score() const;                  // matched / (matched + missing + unexpected + mismatched)
+  double score() const;                  // (matched + mismatched / 2) / all keys of both
 };
 LayoutDiff diff_layout(const Module& model, const StateDict& state_dict);
 std::string format_layout_diff(const LayoutDiff& d, std::size_t max_names = 8);
