@@ -24,4 +24,6 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return h;
 }
 
+WeightImpl::WeightImpl(std::vector<std::int64_t> shape) { meta_parameter("weight", std::move(shape)); }
+
 }  // namespace diffsynth

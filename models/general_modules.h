@@ -30,4 +30,13 @@ class RMSNormImpl : public Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// A module that only holds "weight": nn.Embedding ([num, dim], looked up with torch::embedding)
+// or a bias-free layer whose forward lives in its owner.
+class WeightImpl : public Module {
+ public:
+  explicit WeightImpl(std::vector<std::int64_t> shape);
+  const torch::Tensor& weight() const { return param("weight"); }
+};
+TORCH_MODULE(Weight);
+
 }  // namespace diffsynth

@@ -9,13 +9,6 @@ namespace diffsynth {
 
 namespace {
 
-// A module that only holds one meta parameter (nn.Embedding's weight, for instance).
-class ParameterHolder : public Module {
- public:
-  ParameterHolder(const std::string& name, std::vector<std::int64_t> shape) { meta_parameter(name, std::move(shape)); }
-  const torch::Tensor& get(const std::string& name) const { return param(name); }
-};
-
 // A parameter-less container that only gives its children their reference names.
 std::shared_ptr<Module> container() { return std::make_shared<Module>(); }
 
@@ -193,8 +186,7 @@ QwenImageDiTImpl::QwenImageDiTImpl(const QwenImageDiTConfig& c) : config(c) {
   linear_1 = embedder->register_module("linear_1", Linear(c.timestep_dim, c.dim));
   linear_2 = embedder->register_module("linear_2", Linear(c.dim, c.dim));
   if (c.use_additional_t_cond)
-    addition_t_embedding = tte->register_module("addition_t_embedding",
-                                                std::make_shared<ParameterHolder>("weight", std::vector<std::int64_t>{2, c.dim}));
+    addition_t_embedding = tte->register_module("addition_t_embedding", Weight(std::vector<std::int64_t>{2, c.dim}));
   txt_norm = register_module("txt_norm", RMSNorm(c.joint_attention_dim, 1e-6));
   img_in = register_module("img_in", Linear(c.in_channels, c.dim));
   txt_in = register_module("txt_in", Linear(c.joint_attention_dim, c.dim));
@@ -221,7 +213,7 @@ torch::Tensor QwenImageDiTImpl::time_text_embed(const torch::Tensor& timestep, c
   auto temb = linear_2(torch::silu(linear_1(emb.to(dtype))));
   if (addition_t_cond) {
     if (!addition_t_embedding) throw Error("QwenImageDiT: addition_t_cond given, but the model has no addition_t_embedding");
-    auto w = static_cast<ParameterHolder&>(*addition_t_embedding).get("weight");
+    const auto& w = addition_t_embedding->weight();
     auto idx = torch::full({1}, *addition_t_cond, torch::TensorOptions().dtype(torch::kLong).device(w.device()));
     temb = temb + torch::embedding(w, idx).to(dtype);
   }

@@ -112,7 +112,7 @@ class QwenImageDiTImpl : public Module {
 
   QwenImageDiTConfig config;
   Linear linear_1{nullptr}, linear_2{nullptr};   // time_text_embed.timestep_embedder.*
-  std::shared_ptr<Module> addition_t_embedding;  // time_text_embed.addition_t_embedding (layered)
+  Weight addition_t_embedding{nullptr};  // time_text_embed.addition_t_embedding (layered)
   RMSNorm txt_norm{nullptr};
   Linear img_in{nullptr}, txt_in{nullptr};
   torch::nn::ModuleList transformer_blocks{nullptr};

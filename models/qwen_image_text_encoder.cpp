@@ -105,7 +105,6 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return param("weight") * h.to(input_dtype);
 }
 
-WeightImpl::WeightImpl(std::vector<std::int64_t> shape) { meta_parameter("weight", std::move(shape)); }
 
 MLPImpl::MLPImpl(std::int64_t hidden, std::int64_t intermediate, bool bias) {
   gate_proj = register_module("gate_proj", Linear(hidden, intermediate, bias));

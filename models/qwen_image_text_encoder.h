@@ -76,14 +76,6 @@ class RMSNormImpl : public Module {
 };
 TORCH_MODULE(RMSNorm);
 
-// A weight-only slot: nn.Embedding (weight [num, dim]) or the bias-free Conv3d of the patch
-// embedding (weight [out, in, t, p, p]). Only the parameter is modelled.
-class WeightImpl : public Module {
- public:
-  explicit WeightImpl(std::vector<std::int64_t> shape);
-  const torch::Tensor& weight() const { return param("weight"); }
-};
-TORCH_MODULE(Weight);
 
 // down_proj(silu(gate_proj(x)) * up_proj(x)); bias for the vision tower's MLP only.
 class MLPImpl : public Module {
