@@ -3,6 +3,7 @@
 // The model is built from the registry by its reference class name with KWARGS, loaded
 // strictly from WEIGHTS in DTYPE (default float32); RUNNER (tests/tools/parity_<model>.cpp)
 // decides which entry points run on INPUTS; OUTPUTS are saved as float32 safetensors.
+// A runner without a model class (e.g. the scheduler's) ignores WEIGHTS ("-").
 //   diffsynth_parity roundtrip IN - OUT   reads IN with our reader and writes it with our writer.
 #include <chrono>
 #include <iostream>
@@ -34,6 +35,14 @@ int main(int argc, char** argv) {
     const auto dtype = parse_dtype(argc > 5 ? argv[5] : "float32");
     const auto kwargs = argc > 6 ? nlohmann::ordered_json::parse(argv[6]) : nlohmann::ordered_json::object();
     const auto options = argc > 7 ? nlohmann::ordered_json::parse(argv[7]) : nlohmann::ordered_json::object();
+    StateDict inputs = load_state_dict({argv[3]});
+    if (it->second.model_class.empty()) {  // a runner of something other than a model (schedulers)
+      Module none;
+      parity::Outputs outputs = it->second.run(none, inputs, dtype, options);
+      for (auto& [k, v] : outputs) v = v.to(torch::kFloat32).contiguous();
+      save_safetensors(argv[4], outputs);
+      return 0;
+    }
     const ModelFactory* factory = Registry::model(it->second.model_class);
     if (!factory) throw Error("model class not registered: " + it->second.model_class);
     // Optional {"converter": "<dotted name>"}: WEIGHTS are in a checkpoint layout that the
@@ -45,7 +54,6 @@ int main(int argc, char** argv) {
       if (!converter) throw Error("state-dict converter not registered: " + name);
     }
     auto model = load_model(*factory, it->second.model_class, {argv[2]}, kwargs, dtype, torch::kCPU, converter);
-    StateDict inputs = load_state_dict({argv[3]});
     const auto t0 = std::chrono::steady_clock::now();
     parity::Outputs outputs = it->second.run(*model, inputs, dtype, options);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -17,7 +17,8 @@ using Outputs = std::vector<std::pair<std::string, torch::Tensor>>;
 using Options = nlohmann::ordered_json;  // the runner's own options (argv[7], JSON), may be empty
 
 struct Runner {
-  std::string model_class;  // reference dotted name, built through the registry
+  std::string model_class;  // reference dotted name, built through the registry; empty: no model
+                            // (WEIGHTS is ignored and the runner gets an empty Module)
   std::function<Outputs(Module&, const StateDict& inputs, c10::ScalarType dtype, const Options&)> run;
 };
 
