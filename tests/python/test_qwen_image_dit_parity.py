@@ -14,38 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffsynth.models.general_modules import AdaLayerNorm, RMSNorm, TimestepEmbeddings
-from diffsynth.models.qwen_image_dit import (QwenEmbedLayer3DRope, QwenEmbedRope, QwenImageDiT,
-                                             QwenImageTransformerBlock)
 from diffsynth.pipelines.qwen_image import model_fn_qwen_image
+import reference_models
 from conftest import run
 
 DIM, HEADS, HEAD_DIM, TEXT_DIM, LAYERS = 64, 2, 32, 48, 2
 
 
 def reduced_dit(layered=False):
-    m = QwenImageDiT.__new__(QwenImageDiT)
-    torch.nn.Module.__init__(m)
-    rope = QwenEmbedLayer3DRope if layered else QwenEmbedRope
-    m.pos_embed = rope(theta=10000, axes_dim=[4, 14, 14], scale_rope=True)
-    m.time_text_embed = TimestepEmbeddings(256, DIM, diffusers_compatible_format=True, scale=1000,
-                                           align_dtype_to_timestep=False, use_additional_t_cond=layered)
-    m.txt_norm = RMSNorm(TEXT_DIM, eps=1e-6)
-    m.img_in = torch.nn.Linear(64, DIM)
-    m.txt_in = torch.nn.Linear(TEXT_DIM, DIM)
-    m.transformer_blocks = torch.nn.ModuleList(
-        [QwenImageTransformerBlock(dim=DIM, num_attention_heads=HEADS, attention_head_dim=HEAD_DIM) for _ in range(LAYERS)])
-    m.norm_out = AdaLayerNorm(DIM, single=True)
-    m.proj_out = torch.nn.Linear(DIM, 64)
-    with torch.no_grad():  # weights on the scale of trained ones: activations stay O(1)
-        for name, p in m.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-            elif "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-    return m.eval()
+    return reference_models.reduced_dit(DIM, HEADS, HEAD_DIM, TEXT_DIM, LAYERS, layered)
 
 
 def kwargs_json(layered):

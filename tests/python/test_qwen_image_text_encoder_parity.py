@@ -21,10 +21,10 @@ import json
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 
 from diffsynth.models.qwen_image_text_encoder import QwenImageTextEncoder
+from reference_models import reduced_qwen2_5_vl_config, te_checkpoint_name
 from conftest import run
 
 CONVERTER = "diffsynth.utils.state_dict_converters.qwen_image_text_encoder.QwenImageTextEncoderStateDictConverter"
@@ -37,34 +37,11 @@ OUR_KWARGS = dict(TEXT, vision_depth=2, vision_hidden_size=64, vision_num_heads=
 L, SHORT = 40, 25  # sequence lengths: the long one fills the batch, the short one is padded
 
 
-def to_checkpoint_name(k):
-    """Inverse of QwenImageTextEncoderStateDictConverter."""
-    if k.startswith("model.language_model."):
-        return "model." + k[len("model.language_model."):]
-    if k.startswith("model.visual."):
-        return k[len("model."):]
-    return k
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The reference class with its own config, sizes reduced, random weights; and its file."""
-    real = transformers.Qwen2_5_VLConfig
-
-    def reduced(**kw):
-        kw = copy.deepcopy(kw)
-        kw.update(TEXT)
-        kw["text_config"].update(TEXT)
-        kw["text_config"]["layer_types"] = ["full_attention"] * TEXT["num_hidden_layers"]
-        kw["vision_config"].update(VISION, out_hidden_size=TEXT["hidden_size"])
-        return real(**kw)
-
-    # QwenImageTextEncoder.__init__ does `from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel`.
-    transformers.Qwen2_5_VLConfig = reduced
-    try:
+    with reduced_qwen2_5_vl_config(TEXT, VISION):
         model = QwenImageTextEncoder().eval()
-    finally:
-        transformers.Qwen2_5_VLConfig = real
     assert model.model.language_model.config.hidden_size == TEXT["hidden_size"]
     torch.manual_seed(0)
     with torch.no_grad():
@@ -78,7 +55,7 @@ def reference(tmp_path_factory):
             else:  # scaled so that attention logits are O(1): attention and positions matter
                 p.copy_(torch.randn_like(p) * p.shape[-1] ** -0.5)
     weights = tmp_path_factory.mktemp("te") / "text_encoder.safetensors"
-    save_file({to_checkpoint_name(k): v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    save_file({te_checkpoint_name(k): v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     return model, weights
 
 

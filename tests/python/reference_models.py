@@ -1,0 +1,70 @@
+"""Reduced-size reference models (the installed diffsynth's own classes and building blocks) for
+the parity tests, at the sizes our C++ classes take as config fields."""
+import contextlib
+import copy
+
+import torch
+import transformers
+
+from diffsynth.models.general_modules import AdaLayerNorm, RMSNorm, TimestepEmbeddings
+from diffsynth.models.qwen_image_dit import (QwenEmbedLayer3DRope, QwenEmbedRope, QwenImageDiT,
+                                             QwenImageTransformerBlock)
+
+
+def reduced_dit(dim, heads, head_dim, text_dim, layers, layered=False, init=True):
+    """QwenImageDiT assembled at small widths. The reference hard-codes 3072 / 24 x 128 / 3584; the
+    RoPE axes split the head dim as [16, 56, 56] does 128: frame = head_dim / 8, h = w = the rest / 2."""
+    m = QwenImageDiT.__new__(QwenImageDiT)
+    torch.nn.Module.__init__(m)
+    rope = QwenEmbedLayer3DRope if layered else QwenEmbedRope
+    frame = head_dim // 8
+    m.pos_embed = rope(theta=10000, axes_dim=[frame, (head_dim - frame) // 2, (head_dim - frame) // 2], scale_rope=True)
+    m.time_text_embed = TimestepEmbeddings(256, dim, diffusers_compatible_format=True, scale=1000,
+                                           align_dtype_to_timestep=False, use_additional_t_cond=layered)
+    m.txt_norm = RMSNorm(text_dim, eps=1e-6)
+    m.img_in = torch.nn.Linear(64, dim)
+    m.txt_in = torch.nn.Linear(text_dim, dim)
+    m.transformer_blocks = torch.nn.ModuleList(
+        [QwenImageTransformerBlock(dim=dim, num_attention_heads=heads, attention_head_dim=head_dim) for _ in range(layers)])
+    m.norm_out = AdaLayerNorm(dim, single=True)
+    m.proj_out = torch.nn.Linear(dim, 64)
+    if init:
+        with torch.no_grad():  # weights on the scale of trained ones: activations stay O(1)
+            for name, p in m.named_parameters():
+                if p.dim() > 1:
+                    p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+                elif "norm" in name:
+                    p.copy_(1 + 0.1 * torch.randn_like(p))
+                else:
+                    p.copy_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+@contextlib.contextmanager
+def reduced_qwen2_5_vl_config(text, vision):
+    """While active, QwenImageTextEncoder() builds a Qwen2.5-VL of the given text / vision sizes
+    (its __init__ does `from transformers import Qwen2_5_VLConfig`)."""
+    real = transformers.Qwen2_5_VLConfig
+
+    def reduced(**kw):
+        kw = copy.deepcopy(kw)
+        kw.update(text)
+        kw["text_config"].update(text)
+        kw["text_config"]["layer_types"] = ["full_attention"] * text["num_hidden_layers"]
+        kw["vision_config"].update(vision, out_hidden_size=text["hidden_size"])
+        return real(**kw)
+
+    transformers.Qwen2_5_VLConfig = reduced
+    try:
+        yield
+    finally:
+        transformers.Qwen2_5_VLConfig = real
+
+
+def te_checkpoint_name(k):
+    """Inverse of QwenImageTextEncoderStateDictConverter: model names -> checkpoint names."""
+    if k.startswith("model.language_model."):
+        return "model." + k[len("model.language_model."):]
+    if k.startswith("model.visual."):
+        return k[len("model."):]
+    return k
