@@ -47,6 +47,29 @@ std::string short_class(const std::string& dotted) {
 
 }  // namespace
 
+std::optional<ModelConfigEntry> config_from_metadata(const ModelPaths& path) {
+  if (path.empty() || path[0].size() < 12 || path[0].substr(path[0].size() - 12) != ".safetensors") return std::nullopt;
+  const auto metadata = load_metadata_from_safetensors({path[0]});
+  const auto it = metadata.find(kModelConfigMetadataKey);
+  if (it == metadata.end()) return std::nullopt;
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(it->second);
+  } catch (const std::exception& e) {
+    fail(path[0], std::string("metadata '") + kModelConfigMetadataKey + "' is not valid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("model_name") || !j["model_name"].is_string() || !j.contains("model_class") ||
+      !j["model_class"].is_string())
+    fail(path[0], std::string("metadata '") + kModelConfigMetadataKey + "' needs string fields model_name and model_class");
+  ModelConfigEntry entry;
+  entry.model_name = j["model_name"].get<std::string>();
+  entry.model_class = j["model_class"].get<std::string>();
+  if (j.contains("state_dict_converter") && j["state_dict_converter"].is_string())
+    entry.state_dict_converter = j["state_dict_converter"].get<std::string>();
+  entry.extra_kwargs = j.contains("extra_kwargs") ? j["extra_kwargs"] : nlohmann::ordered_json();
+  return entry;
+}
+
 std::shared_ptr<Module> ModelPool::load_model_file(const ModelConfigEntry& config, const ModelPaths& path,
                                                    const VRAMConfig& vram_config, std::optional<double> vram_limit) {
   const ModelFactory* factory = Registry::model(config.model_class);
@@ -91,6 +114,24 @@ void ModelPool::auto_load_model(const ModelPaths& path, std::optional<VRAMConfig
     loaded = true;
   }
   if (!loaded) {
+    // Beyond the reference: a file that declares its own config (diffsynth.cpp's example and test
+    // models, or a user's converted checkpoint) loads with it when the table has no entry.
+    if (auto own = config_from_metadata(path)) {
+      *out_ << "Model hash " << model_hash << " is not in the config table; using the config stored in the file."
+            << std::endl;
+      own->model_hash = model_hash;
+      auto m = load_model_file(*own, path, config, vram_limit);
+      if (clear) clear_parameters(*m);
+      model.push_back(m);
+      model_name.push_back(own->model_name);
+      model_path.push_back(path);
+      nlohmann::ordered_json info;
+      info["model_name"] = own->model_name;
+      info["model_class"] = own->model_class;
+      info["extra_kwargs"] = own->extra_kwargs;
+      *out_ << "Loaded model: " << py_json_dumps(info, 4) << std::endl;
+      return;
+    }
     std::string msg = "Cannot detect the model type. File: " + path_str(path) + ". Model hash: " + model_hash;
     const std::string hint = diagnose_unknown_model(path);
     if (!hint.empty()) msg += ". " + hint;

@@ -47,6 +47,12 @@ class ModelPool {
   std::ostream* out_;
 };
 
+// Beyond the reference: a safetensors file may carry its own config entry as JSON
+// ({"model_name", "model_class", "extra_kwargs", "state_dict_converter"}) under this metadata key;
+// ModelPool uses it when the file's hash is not in the table.
+inline constexpr const char* kModelConfigMetadataKey = "diffsynth_model_config";
+std::optional<ModelConfigEntry> config_from_metadata(const ModelPaths& path);
+
 // Beyond the reference: for a file no config recognises, the implemented model whose layout
 // overlaps it most, with what is missing, extra or mis-shaped. Empty when nothing overlaps.
 std::string diagnose_unknown_model(const ModelPaths& path);

@@ -2,6 +2,8 @@
 //   diffsynth hash FILE...      md5 of the checkpoint layout (DiffSynth-Studio's hash_model_file)
 //   diffsynth inspect FILE...   tensors, totals, metadata and the identified model
 //   diffsynth load FILE...      ModelPool.auto_load_model, with the reference's messages
+//   diffsynth tokenize ...      token ids of texts (handled by the launcher, apps/diffsynth/launcher.cpp)
+//   diffsynth generate ...      Qwen-Image text-to-image / img2img / inpaint / ControlNet / LoRA
 // Exit status: 0 on success, 2 on bad input (one line on stderr naming the file and problem).
 #include <CLI/CLI.hpp>
 
@@ -11,6 +13,7 @@
 #include <map>
 #include <sys/resource.h>
 
+#include "apps/diffsynth/generate.h"
 #include "configs/model_configs.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -206,6 +209,12 @@ int main(int argc, char** argv) {
   load->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
   load->add_flag("--touch", touch, "Read every weight once after loading (zero-copy weights are otherwise paged in on first use)");
 
+  // Answered by the launcher (no libtorch); listed here for --help.
+  app.add_subcommand("tokenize", "Encode / decode text with a tokenizer.json byte-level BPE (diffsynth tokenize --help)");
+  cli::GenerateArgs generate_args;
+  auto* generate = app.add_subcommand("generate", "Qwen-Image: text-to-image, img2img, inpaint, Blockwise ControlNet, LoRA -> PNG");
+  cli::add_generate_options(*generate, generate_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -220,6 +229,7 @@ int main(int argc, char** argv) {
     if (*hash) return cmd_hash(files, without_shape);
     if (*inspect) return cmd_inspect(files, as_json, all_tensors);
     if (*load) return cmd_load(files, dtype, device, touch);
+    if (*generate) return cli::cmd_generate(generate_args);
   } catch (const Error& e) {
     std::cerr << "diffsynth: error: " << e.what() << "\n";
     return 2;

@@ -2,6 +2,13 @@
 // Writes a checkpoint in the exact layout of a registered DiffSynth-Studio config entry
 // (default: the Qwen-Image Blockwise ControlNet Inpaint, a9e54e48...) with random bf16 weights,
 // so the main job and the benchmarks have a real-size, really-identified file to work on.
+//
+// diffsynth_make_example --tiny-qwen-image DIR
+// Writes a tiny Qwen-Image (the real DiT, text encoder and VAE architectures at reduced sizes,
+// random weights) as a model folder: DIR/{transformer,text_encoder,vae}/*.safetensors. Each file
+// carries its config entry in its metadata (the table has no hash for these sizes), so ModelPool
+// loads it like a real checkpoint. The build writes one for the default `diffsynth generate`.
+#include <filesystem>
 #include <iostream>
 
 #include "configs/model_configs.h"
@@ -9,12 +16,89 @@
 #include "core/loader/file.h"
 #include "core/loader/safetensors.h"
 #include "core/registry.h"
+#include "models/model_loader.h"
 
 using namespace diffsynth;
 
+namespace {
+
+// Random weights on the scale of trained ones (activations stay O(1) through the layers):
+// matrices ~ N(0, 1/fan_in), norm gains 1 + 0.1 N, biases 0.1 N, embeddings N(0, 1).
+torch::Tensor tiny_weight(const std::string& name, const torch::Tensor& meta) {
+  const auto shape = meta.sizes();
+  if (name.find("embed_tokens") != std::string::npos) return torch::randn(shape);
+  if (meta.dim() > 1) {
+    const double fan_in = static_cast<double>(meta.numel() / shape[0]);
+    return torch::randn(shape) / std::sqrt(fan_in);
+  }
+  if (name.find("norm") != std::string::npos || name.find("gamma") != std::string::npos ||
+      name.find("ln_q") != std::string::npos)
+    return 1 + 0.1 * torch::randn(shape);
+  return 0.1 * torch::randn(shape);
+}
+
+// The checkpoint layout of the text encoder (inverse of QwenImageTextEncoderStateDictConverter).
+std::string te_checkpoint_name(const std::string& k) {
+  const std::string lm = "model.language_model.", vis = "model.visual.";
+  if (k.rfind(lm, 0) == 0) return "model." + k.substr(lm.size());
+  if (k.rfind(vis, 0) == 0) return k.substr(std::string("model.").size());
+  return k;
+}
+
+void write_tiny(const std::filesystem::path& file, const std::string& model_name, const std::string& model_class,
+                const nlohmann::ordered_json& kwargs, const char* converter, bool checkpoint_names) {
+  const auto* factory = Registry::model(model_class);
+  if (!factory) throw Error("model class not registered: " + model_class);
+  auto model = (*factory)(kwargs);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [name, meta] : module_state(*model))
+    tensors.emplace_back(checkpoint_names ? te_checkpoint_name(name) : name, tiny_weight(name, meta).to(torch::kBFloat16));
+  nlohmann::ordered_json config;
+  config["model_name"] = model_name;
+  config["model_class"] = model_class;
+  config["extra_kwargs"] = kwargs;
+  if (converter) config["state_dict_converter"] = converter;
+  std::filesystem::create_directories(file.parent_path());
+  save_safetensors(file.string(), tensors,
+                   {{"format", "pt"},
+                    {"generator", "diffsynth_make_example --tiny-qwen-image (random weights)"},
+                    {kModelConfigMetadataKey, config.dump()}});
+  std::cout << "wrote " << file.string() << " (" << model_name << ", hash " << hash_model_file({file.string()}) << ")\n";
+}
+
+void make_tiny_qwen_image(const std::filesystem::path& dir) {
+  torch::manual_seed(0);
+  // Widths are the smallest the architectures allow: the text encoder's head dim is fixed at
+  // 128 by M-RoPE, and its vocabulary stays the real one so the real tokenizer's ids fit.
+  write_tiny(dir / "transformer" / "diffusion_pytorch_model.safetensors", "qwen_image_dit",
+             "diffsynth.models.qwen_image_dit.QwenImageDiT",
+             {{"num_layers", 2}, {"dim", 64}, {"num_attention_heads", 2}, {"attention_head_dim", 32},
+              {"joint_attention_dim", 128}},
+             nullptr, false);
+  write_tiny(dir / "text_encoder" / "model.safetensors", "qwen_image_text_encoder",
+             "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder",
+             {{"hidden_size", 128}, {"intermediate_size", 256}, {"num_hidden_layers", 2}, {"num_attention_heads", 1},
+              {"num_key_value_heads", 1}, {"vision_depth", 1}, {"vision_hidden_size", 32}, {"vision_num_heads", 1},
+              {"vision_intermediate_size", 64}},
+             "diffsynth.utils.state_dict_converters.qwen_image_text_encoder.QwenImageTextEncoderStateDictConverter", true);
+  write_tiny(dir / "vae" / "diffusion_pytorch_model.safetensors", "qwen_image_vae",
+             "diffsynth.models.qwen_image_vae.QwenImageVAE", {{"base_dim", 16}, {"num_res_blocks", 1}}, nullptr, false);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--tiny-qwen-image") {
+    try {
+      make_tiny_qwen_image(argv[2]);
+    } catch (const std::exception& e) {
+      std::cerr << "diffsynth_make_example: error: " << e.what() << "\n";
+      return 2;
+    }
+    return 0;
+  }
   if (argc < 2 || argc > 3) {
-    std::cerr << "usage: diffsynth_make_example OUT.safetensors [MODEL_HASH]\n";
+    std::cerr << "usage: diffsynth_make_example OUT.safetensors [MODEL_HASH]\n       diffsynth_make_example --tiny-qwen-image DIR\n";
     return 2;
   }
   try {

@@ -1,0 +1,45 @@
+// `diffsynth generate`: Qwen-Image text-to-image (img2img, inpaint, Blockwise ControlNet, LoRA)
+// from the command line. Declared here, registered by main.cpp.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace diffsynth::cli {
+
+struct GenerateArgs {
+  std::string prompt, negative_prompt;
+  std::optional<std::uint64_t> seed;
+  std::int64_t steps = 30;
+  double cfg_scale = 4.0;
+  std::optional<std::int64_t> width, height;
+  std::vector<std::string> models;  // files or folders (a folder = one sharded checkpoint)
+  std::string model_dir, tokenizer;
+  std::string input_image, mask;
+  double strength = 1.0;
+  std::optional<std::int64_t> blur_size;
+  std::optional<double> blur_sigma;
+  std::vector<std::string> controlnets, control_images;
+  std::vector<double> control_scales;
+  std::vector<std::string> loras;   // FILE[:alpha]
+  std::optional<double> exponential_shift_mu;
+  bool tiled = false;
+  std::string dtype = "bfloat16", device = "cpu";
+  int threads = 0;
+  std::string output = "output.png";
+  std::string save_latents;  // the final latents (float32 safetensors), for parity checks
+  bool quiet = false;
+};
+
+void add_generate_options(CLI::App& sub, GenerateArgs& args);
+int cmd_generate(const GenerateArgs& args);
+
+// The folder holding the project's data (data/qwen-tokenizer, ...): $DIFFSYNTH_DATA_DIR, or
+// found from the executable (<repo>/build*/bin -> <repo>/data). Empty when not found.
+std::string data_dir();
+// The tiny random-weight Qwen-Image folder the build writes (<build>/models/tiny-qwen-image).
+std::string default_model_dir();
+
+}  // namespace diffsynth::cli

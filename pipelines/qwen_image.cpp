@@ -1,0 +1,232 @@
+#include "pipelines/qwen_image.h"
+
+#include <iostream>
+
+#include "core/error.h"
+#include "utils/image.h"
+
+namespace diffsynth {
+namespace {
+
+constexpr const char* kPromptTemplate =
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n";
+constexpr std::int64_t kPromptDropIdx = 34;   // the system part of the template
+constexpr std::int64_t kPromptMaxTokens = 4096;
+
+// "B C (H P) (W Q) -> B (H W) (C P Q)" with P = Q = 2.
+torch::Tensor pack_latents(const torch::Tensor& x) {
+  const auto b = x.size(0), c = x.size(1), h = x.size(2) / 2, w = x.size(3) / 2;
+  return x.view({b, c, h, 2, w, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({b, h * w, c * 4});
+}
+
+template <typename T>
+std::shared_ptr<T> fetch(ModelPool& pool, const std::string& name) {
+  auto m = pool.fetch_model(name);
+  if (!m) return nullptr;
+  auto typed = std::dynamic_pointer_cast<T>(m);
+  if (!typed) throw Error("model '" + name + "' in the pool is not the expected class");
+  return typed;
+}
+
+// torchvision GaussianBlur(kernel_size=2k+1, sigma) on [1, 1, h, w]: the kernel is built in the
+// tensor's dtype, sigma passes through a float32 (GaussianBlur draws it with uniform_(s, s)),
+// reflect padding, depthwise conv.
+torch::Tensor gaussian_blur(const torch::Tensor& img, std::int64_t kernel_size, double sigma) {
+  const auto half = kernel_size / 2;
+  if (half >= img.size(-1) || half >= img.size(-2))
+    throw Error("inpaint blur: blur size " + std::to_string(half) + " must be smaller than the mask in latent pixels (" +
+                std::to_string(img.size(-2)) + "x" + std::to_string(img.size(-1)) + ")");
+  sigma = static_cast<double>(static_cast<float>(sigma));
+  const double ksize_half = (kernel_size - 1) * 0.5;
+  auto x = torch::linspace(-ksize_half, ksize_half, kernel_size, img.options());
+  auto pdf = torch::exp(-0.5 * (x / sigma).pow(2));
+  auto k1 = pdf / pdf.sum();
+  auto kernel = torch::mm(k1.unsqueeze(1), k1.unsqueeze(0)).expand({img.size(-3), 1, kernel_size, kernel_size});
+  namespace F = torch::nn::functional;
+  auto padded = F::pad(img, F::PadFuncOptions({half, half, half, half}).mode(torch::kReflect));
+  return F::conv2d(padded, kernel, F::Conv2dFuncOptions().groups(img.size(-3)));
+}
+
+}  // namespace
+
+QwenImagePipeline::QwenImagePipeline(torch::Device device, c10::ScalarType dtype) : BasePipeline(device, dtype, 16, 16) {}
+
+std::unique_ptr<QwenImagePipeline> QwenImagePipeline::from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
+                                                                      torch::Device device, c10::ScalarType dtype) {
+  auto pipe = std::make_unique<QwenImagePipeline>(device, dtype);
+  pipe->text_encoder = fetch<QwenImageTextEncoderImpl>(pool, "qwen_image_text_encoder");
+  pipe->dit = fetch<QwenImageDiTImpl>(pool, "qwen_image_dit");
+  pipe->vae = fetch<QwenImageVAEImpl>(pool, "qwen_image_vae");
+  for (auto& m : pool.fetch_model("qwen_image_blockwise_controlnet", FetchAll{})) {
+    auto typed = std::dynamic_pointer_cast<QwenImageBlockWiseControlNetImpl>(m);
+    if (!typed) throw Error("model 'qwen_image_blockwise_controlnet' in the pool is not the expected class");
+    pipe->blockwise_controlnet.push_back(typed);
+  }
+  if (!tokenizer_dir.empty()) pipe->tokenizer = std::make_shared<BPETokenizer>(BPETokenizer::from_dir(tokenizer_dir));
+  return pipe;
+}
+
+std::pair<torch::Tensor, torch::Tensor> QwenImagePipeline::encode_prompt(const std::string& prompt) {
+  if (!text_encoder) throw Error("Qwen-Image pipeline: no qwen_image_text_encoder model loaded (pass its file)");
+  if (!tokenizer) throw Error("Qwen-Image pipeline: no tokenizer (pass --tokenizer DIR with tokenizer.json)");
+  std::string text = kPromptTemplate;
+  text.replace(text.find("{}"), 2, prompt);  // str.format: the prompt's own braces stay as they are
+  const auto enc = tokenizer->encode_batch({text}, kPromptMaxTokens + kPromptDropIdx, /*pad=*/true, /*truncate=*/true);
+  const auto length = static_cast<std::int64_t>(enc.input_ids[0].size());
+  if (length >= 1024)
+    *log << "Warning!!! QwenImage model was trained on prompts up to 512 tokens. Current prompt requires "
+         << length - kPromptDropIdx << " tokens, which may lead to unpredictable behavior." << std::endl;
+  auto ids = torch::tensor(enc.input_ids[0], torch::kInt64).unsqueeze(0);
+  auto mask = torch::tensor(enc.attention_mask[0], torch::kInt64).unsqueeze(0);
+  auto hidden = text_encoder->forward(ids, mask);
+  auto selected = hidden[0].index({mask[0].to(hidden.device()).to(torch::kBool)});
+  if (selected.size(0) <= kPromptDropIdx) throw Error("Qwen-Image pipeline: the prompt template was truncated");
+  auto emb = selected.slice(0, kPromptDropIdx).unsqueeze(0).to(device, dtype);
+  auto emb_mask = torch::ones({1, emb.size(1)}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  return {emb, emb_mask};
+}
+
+torch::Tensor QwenImagePipeline::vae_encode(const torch::Tensor& image, const QwenImageInputs& in) {
+  if (!vae) throw Error("Qwen-Image pipeline: no qwen_image_vae model loaded (pass its file)");
+  if (image.size(2) != vae->config.image_channels)
+    throw Error("Qwen-Image pipeline: image has " + std::to_string(image.size(2)) + " channels, the VAE takes " +
+                std::to_string(vae->config.image_channels));
+  auto x = preprocess_image(image);
+  return in.tiled ? vae->encode_tiled(x, QwenImageVAETiling(in.tile_size, in.tile_stride)) : vae->encode(x);
+}
+
+torch::Tensor QwenImagePipeline::inpaint_latent_mask(const QwenImageInputs& in, std::int64_t height,
+                                                     std::int64_t width) const {
+  auto mask = resize_pil(to_rgb(in.inpaint_mask), width / 8, height / 8);
+  auto m = preprocess_image(mask, 0, 1).mean(1, /*keepdim=*/true);
+  if (in.inpaint_blur_size && in.inpaint_blur_sigma) m = gaussian_blur(m, *in.inpaint_blur_size * 2 + 1, *in.inpaint_blur_sigma);
+  return m;
+}
+
+torch::Tensor QwenImagePipeline::controlnet_conditioning(const ControlNetInput& c, const QwenImageInputs& in) {
+  auto image = c.image;
+  if (c.inpaint_mask.defined()) {
+    // Control pixels under the mask are zeroed.
+    auto resized = resize_pil(c.inpaint_mask, image.size(1), image.size(0));
+    auto on = preprocess_image(resized).mean(std::vector<std::int64_t>{0, 1}).to(torch::kCPU) > 0;
+    image = image.clone();
+    image.index_put_({on}, 0);
+  }
+  auto latents = vae_encode(image, in);
+  if (c.inpaint_mask.defined()) {
+    auto mask = ((preprocess_image(c.inpaint_mask) + 1) / 2).mean(1, /*keepdim=*/true);
+    namespace F = torch::nn::functional;
+    mask = 1 - F::interpolate(mask, F::InterpolateFuncOptions()
+                                        .size(std::vector<std::int64_t>{latents.size(2), latents.size(3)})
+                                        .mode(torch::kNearest));
+    latents = torch::cat({latents, mask.to(latents.dtype())}, 1);
+  }
+  return latents;
+}
+
+QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::ostream* progress) {
+  torch::NoGradGuard no_grad;
+  if (!dit) throw Error("Qwen-Image pipeline: no qwen_image_dit model loaded (pass its file)");
+  if (in.num_inference_steps < 1) throw Error("num_inference_steps must be at least 1");
+  if (in.height < 16 || in.width < 16) throw Error("height and width must be at least 16");
+  if (in.denoising_strength <= 0 || in.denoising_strength > 1) throw Error("denoising_strength must be in (0, 1]");
+  FlowMatchOptions shift;
+  shift.dynamic_shift_len = (in.height / 16) * (in.width / 16);  // before rounding, as the reference
+  shift.exponential_shift_mu = in.exponential_shift_mu;
+  scheduler.set_timesteps(in.num_inference_steps, in.denoising_strength, shift);
+  // The Qwen-Image schedule's terminal stretch divides 0 by 0 for a single full-strength step
+  // (the reference then denoises with NaN); refuse instead of drawing a black image.
+  if (torch::isnan(scheduler.sigmas).any().item<bool>())
+    throw Error("the Qwen-Image schedule is undefined for " + std::to_string(in.num_inference_steps) +
+                " step(s) at denoising strength " + std::to_string(in.denoising_strength) + ": use at least 2 steps");
+
+  QwenImageOutput out;
+  // ShapeChecker, NoiseInitializer.
+  const auto [height, width] = check_resize_height_width(in.height, in.width);
+  out.height = height;
+  out.width = width;
+  auto noise = generate_noise({1, 16, height / 8, width / 8}, in.seed, dtype, &out.seed);
+
+  // InputImageEmbedder (img2img).
+  torch::Tensor latents = noise, input_latents;
+  if (in.input_image.defined()) {
+    if (in.input_image.size(0) != height || in.input_image.size(1) != width)
+      throw Error("input image is " + std::to_string(in.input_image.size(1)) + "x" + std::to_string(in.input_image.size(0)) +
+                  ", the output is " + std::to_string(width) + "x" + std::to_string(height) + ": resize it first");
+    input_latents = vae_encode(in.input_image, in).to(device, dtype);
+    latents = scheduler.add_noise(input_latents, noise, scheduler.timesteps[0]);
+  }
+  // Inpaint.
+  torch::Tensor inpaint_mask;
+  if (in.inpaint_mask.defined()) {
+    if (!input_latents.defined()) throw Error("an inpaint mask needs an input image (the picture to inpaint)");
+    inpaint_mask = inpaint_latent_mask(in, height, width);
+  }
+  // PromptEmbedder (the negative prompt only when CFG runs).
+  auto [prompt_emb, prompt_mask] = encode_prompt(in.prompt);
+  torch::Tensor nega_emb, nega_mask;
+  if (in.cfg_scale != 1.0) std::tie(nega_emb, nega_mask) = encode_prompt(in.negative_prompt);
+  // BlockwiseControlNet: VAE latents of each control image, packed and projected once.
+  std::vector<torch::Tensor> conditionings;
+  for (const auto& c : in.blockwise_controlnet_inputs) {
+    if (c.controlnet_id < 0 || c.controlnet_id >= static_cast<std::int64_t>(blockwise_controlnet.size()))
+      throw Error("ControlNet input refers to controlnet_id " + std::to_string(c.controlnet_id) + " but " +
+                  std::to_string(blockwise_controlnet.size()) + " Blockwise ControlNet model(s) are loaded");
+    if (c.image.size(0) != height || c.image.size(1) != width)
+      throw Error("control image is " + std::to_string(c.image.size(1)) + "x" + std::to_string(c.image.size(0)) +
+                  ", the output is " + std::to_string(width) + "x" + std::to_string(height) + ": resize it first");
+    auto cond = controlnet_conditioning(c, in);
+    conditionings.push_back(blockwise_controlnet[c.controlnet_id]->process_controlnet_conditioning(pack_latents(cond)));
+  }
+
+  // Denoise.
+  const auto steps = scheduler.timesteps.size(0);
+  std::optional<ProgressBar> bar;
+  if (progress) bar.emplace(steps, *progress);
+  for (std::int64_t progress_id = 0; progress_id < steps; ++progress_id) {
+    const auto timestep = scheduler.timesteps[progress_id].unsqueeze(0).to(device, dtype);
+    QwenImageDiTInputs dit_in;
+    dit_in.latents = latents;
+    dit_in.timestep = timestep;
+    if (!conditionings.empty()) {
+      dit_in.after_block = [&](std::int64_t block_id, torch::Tensor& image, std::int64_t image_seq_len) {
+        auto image_slice = image.slice(1, 0, image_seq_len).clone();
+        torch::Tensor res;
+        for (std::size_t i = 0; i < conditionings.size(); ++i) {
+          const auto& c = in.blockwise_controlnet_inputs[i];
+          const double p = static_cast<double>(in.num_inference_steps - 1 - progress_id) /
+                           std::max<std::int64_t>(in.num_inference_steps - 1, 1);
+          if (p > c.start + 1e-4 || p < c.end - 1e-4) continue;
+          auto r = blockwise_controlnet[c.controlnet_id]->blockwise_forward(image_slice, conditionings[i], block_id) * c.scale;
+          res = res.defined() ? res + r : r;
+        }
+        if (res.defined()) image.slice(1, 0, image_seq_len).copy_(image_slice + res);
+      };
+    }
+    auto noise_pred = cfg_guided(
+        in.cfg_scale,
+        [&] {
+          dit_in.prompt_emb = prompt_emb;
+          dit_in.prompt_emb_mask = prompt_mask;
+          return dit->model_fn(dit_in);
+        },
+        [&] {
+          dit_in.prompt_emb = nega_emb;
+          dit_in.prompt_emb_mask = nega_mask;
+          return dit->model_fn(dit_in);
+        });
+    latents = step(scheduler, latents, progress_id, noise_pred, input_latents, inpaint_mask);
+    if (bar) bar->update(progress_id + 1);
+  }
+  if (bar) bar->finish();
+
+  // Decode.
+  if (!vae) throw Error("Qwen-Image pipeline: no qwen_image_vae model loaded (pass its file)");
+  out.latents = latents;
+  auto decoded = in.tiled ? vae->decode_tiled(latents, QwenImageVAETiling(in.tile_size, in.tile_stride)) : vae->decode(latents);
+  out.image = vae_output_to_image(decoded);
+  return out;
+}
+
+}  // namespace diffsynth

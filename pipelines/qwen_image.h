@@ -1,0 +1,88 @@
+// Qwen-Image text-to-image (reference: diffsynth/pipelines/qwen_image.py, QwenImagePipeline).
+// Units in the reference's order: shape check, noise, input image (img2img), inpaint mask,
+// prompt embedding (positive / negative), Blockwise ControlNet conditioning; then the denoising
+// loop with true CFG and the VAE decode. Edit images, EliGen, the layered model's and context
+// image inputs are not supported by this pipeline yet (the DiT's model_fn accepts them).
+#pragma once
+#include <torch/torch.h>
+
+#include <iosfwd>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/tokenizer/bpe_tokenizer.h"
+#include "diffusion/base_pipeline.h"
+#include "diffusion/flow_match.h"
+#include "models/model_loader.h"
+#include "models/qwen_image_controlnet.h"
+#include "models/qwen_image_dit.h"
+#include "models/qwen_image_text_encoder.h"
+#include "models/qwen_image_vae.h"
+
+namespace diffsynth {
+
+// One Blockwise ControlNet input (reference: diffsynth/utils/controlnet/ControlNetInput).
+// Images are uint8 [H, W, C] as read by read_png; `image` must be the output size.
+struct ControlNetInput {
+  std::int64_t controlnet_id = 0;
+  double scale = 1.0;
+  double start = 1.0, end = 0.0;  // active while progress (1 -> 0 over the steps) is in [end, start]
+  torch::Tensor image;
+  torch::Tensor inpaint_mask;     // optional: masked control pixels are zeroed, a mask channel appended
+};
+
+struct QwenImageInputs {
+  std::string prompt, negative_prompt;
+  double cfg_scale = 4.0;
+  torch::Tensor input_image;        // img2img: uint8 [height, width, C]
+  double denoising_strength = 1.0;
+  torch::Tensor inpaint_mask;       // uint8 image, any size (resized as the reference does)
+  std::optional<std::int64_t> inpaint_blur_size;
+  std::optional<double> inpaint_blur_sigma;
+  std::int64_t height = 1328, width = 1328;
+  std::optional<std::uint64_t> seed;
+  std::int64_t num_inference_steps = 30;
+  std::optional<double> exponential_shift_mu;
+  std::vector<ControlNetInput> blockwise_controlnet_inputs;
+  bool tiled = false;               // VAE tiling (reference semantics, latent pixels)
+  std::int64_t tile_size = 128, tile_stride = 64;
+};
+
+struct QwenImageOutput {
+  torch::Tensor image;    // uint8 [H, W, 3]
+  torch::Tensor latents;  // the final latents [1, 16, H/8, W/8], before decoding
+  std::uint64_t seed = 0; // the seed used (drawn at random when none was given)
+  std::int64_t height = 0, width = 0;
+};
+
+class QwenImagePipeline : public BasePipeline {
+ public:
+  QwenImagePipeline(torch::Device device = torch::kCPU, c10::ScalarType dtype = torch::kBFloat16);
+
+  // The models a pool holds (fetch_model as the reference's from_pretrained) and the tokenizer
+  // of `tokenizer_dir` (a folder with tokenizer.json).
+  static std::unique_ptr<QwenImagePipeline> from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
+                                                            torch::Device device, c10::ScalarType dtype);
+
+  QwenImageOutput operator()(const QwenImageInputs& inputs, std::ostream* progress = nullptr);
+
+  // The prompt template, tokenised, through the text encoder; the first drop_idx (34) template
+  // tokens removed: ([1, L, hidden] in the pipeline dtype, int64 mask [1, L] of ones).
+  std::pair<torch::Tensor, torch::Tensor> encode_prompt(const std::string& prompt);
+
+  FlowMatchScheduler scheduler{"Qwen-Image"};
+  std::shared_ptr<QwenImageTextEncoderImpl> text_encoder;
+  std::shared_ptr<QwenImageDiTImpl> dit;
+  std::shared_ptr<QwenImageVAEImpl> vae;
+  std::vector<std::shared_ptr<QwenImageBlockWiseControlNetImpl>> blockwise_controlnet;
+  std::shared_ptr<BPETokenizer> tokenizer;
+
+ private:
+  torch::Tensor vae_encode(const torch::Tensor& image, const QwenImageInputs& in);
+  torch::Tensor inpaint_latent_mask(const QwenImageInputs& in, std::int64_t height, std::int64_t width) const;
+  torch::Tensor controlnet_conditioning(const ControlNetInput& c, const QwenImageInputs& in);
+};
+
+}  // namespace diffsynth

@@ -1,0 +1,94 @@
+"""`diffsynth generate` as a user meets it: the default tiny model, the PNG's parameters chunk,
+seeds, and one-line errors with exit status 2 for bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run
+
+FAST = ["--steps", "2", "--width", "32", "--height", "32", "-q", "--threads", "2"]
+
+
+def generate(diffsynth_bin, out, *args, check=True):
+    return run([diffsynth_bin, "generate", "-o", out] + FAST + [str(a) for a in args], check=check)
+
+
+def one_line_error(p, *needles):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("diffsynth: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_default_model_writes_png_with_parameters(tmp_path, diffsynth_bin):
+    out = tmp_path / "a.png"
+    p = run([diffsynth_bin, "generate", "--prompt", "a cat {not a placeholder}", "--seed", "7", "-o", out,
+             "--steps", "2", "--width", "48", "--height", "32", "--threads", "2"])
+    assert "tiny random-weight Qwen-Image" in p.stderr  # says plainly what it ran
+    assert "2/2" in p.stderr  # progress bar
+    img = Image.open(out)
+    assert img.size == (48, 32) and img.mode == "RGB"
+    params = json.loads(img.text["parameters"])
+    assert params["prompt"] == "a cat {not a placeholder}"
+    assert params["seed"] == 7 and params["steps"] == 2 and params["width"] == 48 and params["height"] == 32
+    assert {m["model_name"] for m in params["models"]} == {"qwen_image_dit", "qwen_image_text_encoder", "qwen_image_vae"}
+    # Not a blank image: random weights still make structured noise.
+    assert np.array(img).std() > 1
+
+
+def test_seed_reproducible_and_random_seed_recorded(tmp_path, diffsynth_bin):
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    generate(diffsynth_bin, a, "--prompt", "x", "--seed", "1")
+    generate(diffsynth_bin, b, "--prompt", "x", "--seed", "2")
+    assert not np.array_equal(np.array(Image.open(a)), np.array(Image.open(b)))
+    generate(diffsynth_bin, c, "--prompt", "x")  # no seed: drawn at random, written to the PNG
+    seed = json.loads(Image.open(c).text["parameters"])["seed"]
+    d = tmp_path / "d.png"
+    generate(diffsynth_bin, d, "--prompt", "x", "--seed", seed)
+    assert np.array_equal(np.array(Image.open(c)), np.array(Image.open(d)))
+
+
+def test_size_not_multiple_of_16(tmp_path, diffsynth_bin):
+    p = run([diffsynth_bin, "generate", "--width", "100", "--height", "64", "-o", tmp_path / "x.png"], check=False)
+    one_line_error(p, "--width 100", "multiple of 16", "96", "112")
+
+
+def test_missing_model_role(tmp_path, diffsynth_bin):
+    tiny = os.path.join(os.path.dirname(diffsynth_bin), "..", "models", "tiny-qwen-image")
+    p = run([diffsynth_bin, "generate", "-q", "--model", os.path.join(tiny, "vae"), "--model", os.path.join(tiny, "text_encoder"),
+             "--tokenizer", os.path.join(tiny, "tokenizer"), "-o", tmp_path / "x.png"] + FAST[:6], check=False)
+    one_line_error(p, "no Qwen-Image DiT (qwen_image_dit)")
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_png", "truncated"])
+def test_unreadable_image(tmp_path, diffsynth_bin, kind):
+    path = tmp_path / "in.png"
+    if kind == "not_png":
+        path.write_text("hello")
+    elif kind == "truncated":
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8) + 100).save(path)
+        path.write_bytes(path.read_bytes()[:60])
+    p = generate(diffsynth_bin, tmp_path / "x.png", "--input-image", path, check=False)
+    one_line_error(p, "--input-image", str(path))
+
+
+def test_mask_needs_input_image(tmp_path, diffsynth_bin):
+    mask = tmp_path / "m.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(mask)
+    p = generate(diffsynth_bin, tmp_path / "x.png", "--mask", mask, check=False)
+    one_line_error(p, "--mask needs --input-image")
+
+
+def test_input_image_resized_and_size_defaults(tmp_path, diffsynth_bin):
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "x.png"
+    p = run([diffsynth_bin, "generate", "--input-image", img, "--strength", "0.5", "--steps", "2", "--width", "48",
+             "--height", "32", "-o", out, "--seed", "3"])
+    assert "resizing --input-image from 50x40 to 48x32" in p.stderr
+    assert Image.open(out).size == (48, 32)
