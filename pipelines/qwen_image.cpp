@@ -1,5 +1,6 @@
 #include "pipelines/qwen_image.h"
 
+#include <chrono>
 #include <iostream>
 
 #include "core/error.h"
@@ -142,6 +143,9 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
                 " step(s) at denoising strength " + std::to_string(in.denoising_strength) + ": use at least 2 steps");
 
   QwenImageOutput out;
+  using clock = std::chrono::steady_clock;
+  const auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  auto t_stage = clock::now();
   // ShapeChecker, NoiseInitializer.
   const auto [height, width] = check_resize_height_width(in.height, in.width);
   out.height = height;
@@ -179,6 +183,9 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
     auto cond = controlnet_conditioning(c, in);
     conditionings.push_back(blockwise_controlnet[c.controlnet_id]->process_controlnet_conditioning(pack_latents(cond)));
   }
+
+  out.encode_seconds = seconds_since(t_stage);
+  t_stage = clock::now();
 
   // Denoise.
   const auto steps = scheduler.timesteps.size(0);
@@ -220,12 +227,15 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
     if (bar) bar->update(progress_id + 1);
   }
   if (bar) bar->finish();
+  out.denoise_seconds = seconds_since(t_stage);
+  t_stage = clock::now();
 
   // Decode.
   if (!vae) throw Error("Qwen-Image pipeline: no qwen_image_vae model loaded (pass its file)");
   out.latents = latents;
   auto decoded = in.tiled ? vae->decode_tiled(latents, QwenImageVAETiling(in.tile_size, in.tile_stride)) : vae->decode(latents);
   out.image = vae_output_to_image(decoded);
+  out.decode_seconds = seconds_since(t_stage);
   return out;
 }
 

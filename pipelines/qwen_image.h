@@ -55,6 +55,8 @@ struct QwenImageOutput {
   torch::Tensor latents;  // the final latents [1, 16, H/8, W/8], before decoding
   std::uint64_t seed = 0; // the seed used (drawn at random when none was given)
   std::int64_t height = 0, width = 0;
+  // Wall time of the stages: image/prompt/control encoding, the denoising loop, the VAE decode.
+  double encode_seconds = 0, denoise_seconds = 0, decode_seconds = 0;
 };
 
 class QwenImagePipeline : public BasePipeline {

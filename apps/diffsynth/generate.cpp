@@ -1,6 +1,9 @@
 #include "apps/diffsynth/generate.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <chrono>
 #include <filesystem>
@@ -26,6 +29,12 @@ fs::path executable_dir() {
   std::error_code ec;
   auto exe = fs::read_symlink("/proc/self/exe", ec);
   return ec ? fs::path() : exe.parent_path();
+}
+
+double peak_rss_gib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
 }
 
 bool is_dir(const fs::path& p) {
@@ -238,6 +247,7 @@ int cmd_generate(const GenerateArgs& a) {
     in.blockwise_controlnet_inputs.push_back(c);
   }
 
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto result = (*pipe)(in, a.quiet ? nullptr : &std::cerr);
 
   nlohmann::ordered_json params;
@@ -264,6 +274,13 @@ int cmd_generate(const GenerateArgs& a) {
   if (!a.save_latents.empty())
     save_safetensors(a.save_latents, {{"latents", result.latents.to(torch::kCPU, torch::kFloat32).contiguous()}});
   write_png(a.output, result.image, {{"parameters", params.dump()}, {"Software", "diffsynth.cpp"}});
+  if (!a.quiet) {
+    std::fprintf(stderr,
+                 "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
+                 "peak RSS %.2f GiB\n",
+                 load_seconds, result.encode_seconds, result.denoise_seconds, static_cast<long long>(a.steps),
+                 result.denoise_seconds / static_cast<double>(a.steps), result.decode_seconds, peak_rss_gib());
+  }
   if (!a.quiet)
     std::cerr << "diffsynth: wrote " << a.output << " (" << result.width << "x" << result.height << ", seed " << result.seed
               << ") in " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
