@@ -14,7 +14,7 @@ Same prompt, negative prompt, seed, size and steps; compared:
   4% of their scale, pixels within 8 levels on 99.9% of values (measured: see the assertions'
   messages on failure).
 Cases: text-to-image with true CFG, cfg 1 (no negative pass), img2img, inpaint (with a blurred
-mask), Blockwise ControlNet, a fused LoRA (PEFT names) and the same LoRA in kohya names.
+mask), Blockwise ControlNet (one, two, the inpaint variant), a fused LoRA (PEFT names) and the same LoRA in kohya names.
 """
 import copy
 import os
@@ -175,23 +175,42 @@ def test_inpaint(tmp_path, diffsynth_bin, tiny_dir, reference_models_fp32, blur)
     compare(ours, ref, "float32")
 
 
-def test_blockwise_controlnet(tmp_path, diffsynth_bin, tiny_dir, reference_models_fp32):
-    torch.manual_seed(5)
-    cn = QwenImageBlockWiseControlNet(num_layers=DIT["layers"], dim=DIT["dim"]).eval()
+def write_controlnet(path, seed, additional_in_dim=0):
+    torch.manual_seed(seed)
+    cn = QwenImageBlockWiseControlNet(num_layers=DIT["layers"], additional_in_dim=additional_in_dim, dim=DIT["dim"]).eval()
     with torch.no_grad():
         for name, p in cn.named_parameters():
             p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5 if p.dim() > 1 else 1 + 0.1 * torch.randn_like(p))
     meta = {"diffsynth_model_config": '{"model_name": "qwen_image_blockwise_controlnet", "model_class": '
             '"diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet", "extra_kwargs": '
-            '{"num_layers": %d, "dim": %d}}' % (DIT["layers"], DIT["dim"])}
-    save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(tmp_path / "cn.safetensors"), metadata=meta)
-    control = random_png(tmp_path / "control.png", 4)
-    ref = run_reference(reference_pipe(reference_models_fp32, tiny_dir, torch.float32, controlnet=cn), cfg_scale=4.0,
-                        blockwise_controlnet_inputs=[ControlNetInput(image=Image.open(control).convert("RGB"), scale=0.7)],
-                        **REF_COMMON)
-    ours = run_ours(diffsynth_bin, tmp_path, tiny_dir, "float32",
-                    COMMON + ["--controlnet", tmp_path / "cn.safetensors", "--control-image", control,
-                              "--control-scale", 0.7])
+            '{"num_layers": %d, "dim": %d, "additional_in_dim": %d}}' % (DIT["layers"], DIT["dim"], additional_in_dim)}
+    save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(path), metadata=meta)
+    return cn
+
+
+@pytest.mark.parametrize("case", ["single", "two", "inpaint"])
+def test_blockwise_controlnet(tmp_path, diffsynth_bin, tiny_dir, reference_models_fp32, case):
+    """One ControlNet with a scale; two ControlNets (one control image each, as controlnet_id 0
+    and 1); the inpaint variant (4 mask channels), which takes the inpaint mask too."""
+    n = 2 if case == "two" else 1
+    extra = 4 if case == "inpaint" else 0
+    cns = [write_controlnet(tmp_path / f"cn{i}.safetensors", 5 + i, extra) for i in range(n)]
+    controls = [random_png(tmp_path / f"control{i}.png", 4 + i) for i in range(n)]
+    scales = [0.7, 1.3][:n]
+    ref_inputs = [ControlNetInput(controlnet_id=i, image=Image.open(c).convert("RGB"), scale=s)
+                  for i, (c, s) in enumerate(zip(controls, scales))]
+    kw, args = {}, []
+    if case == "inpaint":
+        img, mask = random_png(tmp_path / "in.png", 8), random_png(tmp_path / "mask.png", 9, mask=True)
+        ref_inputs[0].inpaint_mask = Image.open(mask)
+        kw = dict(input_image=Image.open(img).convert("RGB"), inpaint_mask=Image.open(mask), denoising_strength=0.9)
+        args = ["--input-image", img, "--mask", mask, "--strength", 0.9]
+    pipe = reference_pipe(reference_models_fp32, tiny_dir, torch.float32)
+    pipe.blockwise_controlnet = QwenImageBlockwiseMultiControlNet(cns)
+    ref = run_reference(pipe, cfg_scale=4.0, blockwise_controlnet_inputs=ref_inputs, **kw, **REF_COMMON)
+    for i in range(n):
+        args += ["--controlnet", tmp_path / f"cn{i}.safetensors", "--control-image", controls[i], "--control-scale", scales[i]]
+    ours = run_ours(diffsynth_bin, tmp_path, tiny_dir, "float32", COMMON + args)
     compare(ours, ref, "float32")
 
 
