@@ -1,6 +1,7 @@
 #include "core/module.h"
 
 #include "core/error.h"
+#include "core/vram/layers.h"
 
 namespace diffsynth {
 
@@ -23,6 +24,11 @@ const torch::Tensor& Module::param(const std::string& name) const {
   const auto* p = parameters_.find(name);
   if (!p) throw Error("internal: module has no parameter '" + name + "'");
   return *p;
+}
+
+torch::Tensor Module::compute_param(const std::string& name) const {
+  if (!vram_) return param(name);
+  return vram_->compute(vram_prefix_.empty() ? name : vram_prefix_ + "." + name);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> module_state(const torch::nn::Module& m) {

@@ -4,15 +4,18 @@ namespace diffsynth {
 
 LinearImpl::LinearImpl(std::int64_t in, std::int64_t out, bool bias)
     : in_features(in), out_features(out), has_bias(bias) {
+  set_reference_classes({"torch.nn.Linear"});
   meta_parameter("weight", {out, in});
   if (bias) meta_parameter("bias", {out});
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  return torch::linear(x, param("weight"), has_bias ? param("bias") : torch::Tensor());
+  return torch::linear(x, compute_param("weight"), has_bias ? compute_param("bias") : torch::Tensor());
 }
 
 RMSNormImpl::RMSNormImpl(std::int64_t d, double e, bool affine) : dim(d), eps(e), elementwise_affine(affine) {
+  // qwen_image_dit imports general_modules.RMSNorm: both names are the same class.
+  set_reference_classes({"diffsynth.models.general_modules.RMSNorm", "diffsynth.models.qwen_image_dit.RMSNorm"});
   if (affine) meta_parameter("weight", {d});
 }
 
@@ -20,10 +23,13 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   const auto input_dtype = x.scalar_type();
   auto variance = x.to(torch::kFloat32).square().mean(-1, /*keepdim=*/true);
   auto h = (x * torch::rsqrt(variance + eps)).to(input_dtype);
-  if (elementwise_affine) h = h * param("weight");
+  if (elementwise_affine) h = h * compute_param("weight");
   return h;
 }
 
-WeightImpl::WeightImpl(std::vector<std::int64_t> shape) { meta_parameter("weight", std::move(shape)); }
+WeightImpl::WeightImpl(std::vector<std::int64_t> shape, std::vector<std::string> reference_classes) {
+  meta_parameter("weight", std::move(shape));
+  set_reference_classes(std::move(reference_classes));
+}
 
 }  // namespace diffsynth

@@ -34,8 +34,11 @@ TORCH_MODULE(RMSNorm);
 // or a bias-free layer whose forward lives in its owner.
 class WeightImpl : public Module {
  public:
-  explicit WeightImpl(std::vector<std::int64_t> shape);
+  // `reference_classes`: what the weight stands for in the reference (nn.Embedding by default).
+  explicit WeightImpl(std::vector<std::int64_t> shape, std::vector<std::string> reference_classes = {"torch.nn.Embedding"});
   const torch::Tensor& weight() const { return param("weight"); }
+  // The weight as a forward uses it (VRAM management may hand out a temporary copy).
+  torch::Tensor compute_weight() const { return compute_param("weight"); }
 };
 TORCH_MODULE(Weight);
 

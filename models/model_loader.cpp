@@ -6,6 +6,8 @@
 #include "core/error.h"
 #include "core/loader/model.h"
 #include "core/registry.h"
+#include "core/vram/layers.h"
+#include "configs/vram_module_maps.h"
 #include "utils/pyjson.h"
 
 namespace diffsynth {
@@ -43,6 +45,45 @@ nlohmann::ordered_json paths_json(const std::vector<ModelPaths>& paths) {
 std::string short_class(const std::string& dotted) {
   auto dot = dotted.rfind('.');
   return dot == std::string::npos ? dotted : dotted.substr(dot + 1);
+}
+
+// load_model's module_map branch: the model is built on meta, the file opened as zero-copy
+// views, and every weight placed in the offload state -- cast to offload_dtype on
+// offload_device (the reference's DiskMap(torch_dtype=offload_dtype)), or, for disk offload,
+// left as views of the file mapping that no one reads until a layer computes with them.
+std::shared_ptr<Module> load_model_with_vram_management(const ModelFactory& factory, const std::string& model_class,
+                                                        const std::string& class_name, const ModelPaths& paths,
+                                                        const nlohmann::ordered_json& extra_kwargs,
+                                                        const StateDictConverter* converter, const VRAMConfig& vram_config,
+                                                        std::optional<double> vram_limit, std::ostream& out) {
+  const ResolvedVRAMConfig resolved = ResolvedVRAMConfig::resolve(vram_config, vram_limit);
+  std::shared_ptr<Module> model = factory(extra_kwargs);
+  StateDict sd = open_state_dict(paths);
+  if (converter) sd = (*converter)(sd);
+  const std::string what = paths.size() == 1 ? paths[0] : paths[0] + " (+" + std::to_string(paths.size() - 1) + " shards)";
+  LayoutDiff d = diff_layout(*model, sd);
+  if (!d.missing.empty() || !d.unexpected.empty() || !d.mismatched.empty())
+    throw Error(what + ": does not fit " + class_name + ": " + format_layout_diff(d));
+  const bool disk = resolved.offload.disk;
+  if (!disk) convert_state_dict(sd, resolved.offload.dtype, resolved.offload.device);
+  assign_state_dict(*model, sd, what, class_name);
+  sd = StateDict();
+  enable_vram_management(*model, class_name, vram_module_map(model_class), vram_config, vram_limit, disk, out);
+  if (disk) {
+    // _materialize_root_params_from_disk: what no wrapper governs is read now (in the
+    // computation dtype/device, so it can be used as is).
+    for (const auto& item : model->named_modules("", true)) {
+      auto* m = dynamic_cast<Module*>(item.value().get());
+      if (!m || m->vram_wrapper()) continue;
+      for (const auto& p : m->named_parameters(false)) {
+        if (!p.value().defined()) continue;
+        const auto dtype = p.value().is_floating_point() ? resolved.computation_dtype : p.value().scalar_type();
+        m->assign_tensor(p.key(), p.value().to(resolved.computation_device, dtype, false, true));
+      }
+    }
+  }
+  model->eval();
+  return model;
 }
 
 }  // namespace
@@ -86,7 +127,8 @@ std::shared_ptr<Module> ModelPool::load_model_file(const ModelConfigEntry& confi
   if (!config.quant_config.is_null())
     throw Error(path_str(path) + ": " + config.model_name + " is a pre-quantized checkpoint; quantized loading is not implemented yet");
   if (vram_config.management_enabled())
-    throw Error("VRAM management (offload_dtype/offload_device set) is not implemented yet; load without offload");
+    return load_model_with_vram_management(*factory, config.model_class, short_class(config.model_class), path,
+                                           config.extra_kwargs, converter, vram_config, vram_limit, *out_);
   (void)vram_limit;
   const auto dtype = parse_dtype(vram_config.computation_dtype.value_or("bfloat16"));
   const auto device = parse_device(vram_config.computation_device.value_or("cpu"));

@@ -213,7 +213,7 @@ torch::Tensor QwenImageDiTImpl::time_text_embed(const torch::Tensor& timestep, c
   auto temb = linear_2(torch::silu(linear_1(emb.to(dtype))));
   if (addition_t_cond) {
     if (!addition_t_embedding) throw Error("QwenImageDiT: addition_t_cond given, but the model has no addition_t_embedding");
-    const auto& w = addition_t_embedding->weight();
+    const auto w = addition_t_embedding->compute_weight();
     auto idx = torch::full({1}, *addition_t_cond, torch::TensorOptions().dtype(torch::kLong).device(w.device()));
     temb = temb + torch::embedding(w, idx).to(dtype);
   }

@@ -95,14 +95,19 @@ QwenImageTextEncoderConfig QwenImageTextEncoderConfig::from_kwargs(const nlohman
 
 namespace qwen2_5_vl {
 
-RMSNormImpl::RMSNormImpl(std::int64_t dim, double e) : eps(e) { meta_parameter("weight", {dim}); }
+RMSNormImpl::RMSNormImpl(std::int64_t dim, double e) : eps(e) {
+  meta_parameter("weight", {dim});
+  // Qwen2RMSNorm, renamed Qwen2_5_VLRMSNorm in transformers 5.2.0.
+  set_reference_classes({"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLRMSNorm",
+                         "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2RMSNorm"});
+}
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   const auto input_dtype = x.scalar_type();
   auto h = x.to(torch::kFloat32);
   auto variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * torch::rsqrt(variance + eps);
-  return param("weight") * h.to(input_dtype);
+  return compute_param("weight") * h.to(input_dtype);
 }
 
 
@@ -197,7 +202,7 @@ std::pair<torch::Tensor, torch::Tensor> TextModelImpl::rotary(const torch::Tenso
 
 std::vector<torch::Tensor> TextModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                                   const torch::Tensor& position_ids, bool all_hidden_states) {
-  const auto& w = embed_tokens->weight();
+  const auto w = embed_tokens->compute_weight();
   if (input_ids.dim() != 2)
     throw Error(std::string(kClass) + ": input_ids must be [B, L], got " + sizes_str(input_ids.sizes()));
   if (!c10::isIntegralType(input_ids.scalar_type(), /*includeBool=*/false))
@@ -262,9 +267,11 @@ PatchMergerImpl::PatchMergerImpl(const QwenImageTextEncoderConfig& c) {
 }
 
 PatchEmbedImpl::PatchEmbedImpl(const QwenImageTextEncoderConfig& c) {
+  set_reference_classes({"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionPatchEmbed"});
   proj = register_module(
       "proj", Weight(std::vector<std::int64_t>{c.vision_hidden_size, c.vision_in_channels, c.vision_temporal_patch_size,
-                                               c.vision_patch_size, c.vision_patch_size}));
+                                               c.vision_patch_size, c.vision_patch_size},
+                     std::vector<std::string>{"torch.nn.Conv3d"}));
 }
 
 VisionTransformerImpl::VisionTransformerImpl(const QwenImageTextEncoderConfig& c) {

@@ -44,6 +44,7 @@ std::vector<std::int64_t> triple(std::vector<std::int64_t> v) {
 CausalConv3d::CausalConv3d(std::int64_t in, std::int64_t out, std::vector<std::int64_t> k, std::vector<std::int64_t> s,
                            std::vector<std::int64_t> p)
     : kernel(triple(std::move(k))), stride(triple(std::move(s))), padding(triple(std::move(p))) {
+  set_reference_classes({"diffsynth.models.qwen_image_vae.QwenImageCausalConv3d", "torch.nn.Conv3d"});
   meta_parameter("weight", {out, in, kernel[0], kernel[1], kernel[2]});
   meta_parameter("bias", {out});
 }
@@ -53,25 +54,27 @@ torch::Tensor CausalConv3d::forward(const torch::Tensor& x) {
     // One frame behind 2*pt zero frames: only the last temporal tap meets data. The same sum
     // without the zero products (a third of the work for 3x3x3; results differ from the padded
     // conv3d only in the summation order).
-    auto w = param("weight").select(2, kernel[0] - 1);
-    return torch::conv2d(x.squeeze(2), w, param("bias"), {stride[1], stride[2]}, {padding[1], padding[2]}).unsqueeze(2);
+    auto w = compute_param("weight").select(2, kernel[0] - 1);
+    return torch::conv2d(x.squeeze(2), w, compute_param("bias"), {stride[1], stride[2]}, {padding[1], padding[2]}).unsqueeze(2);
   }
   // All temporal padding in front: a frame never sees the frames after it.
   auto padded = torch::constant_pad_nd(x, {padding[2], padding[2], padding[1], padding[1], 2 * padding[0], 0}, 0);
-  return torch::conv3d(padded, param("weight"), param("bias"), stride);
+  return torch::conv3d(padded, compute_param("weight"), compute_param("bias"), stride);
 }
 
 Conv2d::Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t s, std::int64_t p)
     : stride(s), padding(p) {
+  set_reference_classes({"torch.nn.Conv2d"});
   meta_parameter("weight", {out, in, kernel, kernel});
   meta_parameter("bias", {out});
 }
 
 torch::Tensor Conv2d::forward(const torch::Tensor& x) {
-  return torch::conv2d(x, param("weight"), param("bias"), {stride, stride}, {padding, padding});
+  return torch::conv2d(x, compute_param("weight"), compute_param("bias"), {stride, stride}, {padding, padding});
 }
 
 RMSNorm::RMSNorm(std::int64_t d, bool images) : dim(d) {
+  set_reference_classes({"diffsynth.models.qwen_image_vae.QwenImageRMS_norm"});
   if (images)
     meta_parameter("gamma", {d, 1, 1});
   else
@@ -84,7 +87,7 @@ torch::Tensor RMSNorm::forward(const torch::Tensor& x) {
                    .clamp_min(1e-12)
                    .expand_as(x);
   // The reference then adds a bias of 0.0 (a no-op) -- omitted.
-  return x / denom * std::pow(static_cast<double>(dim), 0.5) * param("gamma");
+  return x / denom * std::pow(static_cast<double>(dim), 0.5) * compute_param("gamma");
 }
 
 ResidualBlock::ResidualBlock(std::int64_t in_dim, std::int64_t out_dim) {

@@ -1,9 +1,11 @@
 #include "pipelines/qwen_image.h"
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 
 #include "core/error.h"
+#include "core/vram/layers.h"
 #include "utils/image.h"
 
 namespace diffsynth {
@@ -68,9 +70,24 @@ std::unique_ptr<QwenImagePipeline> QwenImagePipeline::from_model_pool(ModelPool&
   return pipe;
 }
 
+void QwenImagePipeline::load_models_to_device(const std::vector<std::string>& names) {
+  std::vector<std::pair<std::string, Module*>> models;
+  if (text_encoder) models.emplace_back("text_encoder", text_encoder.get());
+  if (dit) models.emplace_back("dit", dit.get());
+  if (vae) models.emplace_back("vae", vae.get());
+  for (auto& c : blockwise_controlnet) models.emplace_back("blockwise_controlnet", c.get());
+  const auto wanted = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  // Offload first, then onload: what leaves makes room for what comes.
+  for (auto& [name, m] : models)
+    if (!wanted(name) && vram_management_enabled(*m)) vram_offload(*m);
+  for (auto& [name, m] : models)
+    if (wanted(name) && vram_management_enabled(*m)) vram_onload(*m);
+}
+
 std::pair<torch::Tensor, torch::Tensor> QwenImagePipeline::encode_prompt(const std::string& prompt) {
   if (!text_encoder) throw Error("Qwen-Image pipeline: no qwen_image_text_encoder model loaded (pass its file)");
   if (!tokenizer) throw Error("Qwen-Image pipeline: no tokenizer (pass --tokenizer DIR with tokenizer.json)");
+  load_models_to_device({"text_encoder"});
   std::string text = kPromptTemplate;
   text.replace(text.find("{}"), 2, prompt);  // str.format: the prompt's own braces stay as they are
   const auto enc = tokenizer->encode_batch({text}, kPromptMaxTokens + kPromptDropIdx, /*pad=*/true, /*truncate=*/true);
@@ -93,6 +110,7 @@ torch::Tensor QwenImagePipeline::vae_encode(const torch::Tensor& image, const Qw
   if (image.size(2) != vae->config.image_channels)
     throw Error("Qwen-Image pipeline: image has " + std::to_string(image.size(2)) + " channels, the VAE takes " +
                 std::to_string(vae->config.image_channels));
+  load_models_to_device({"vae"});
   auto x = preprocess_image(image);
   return in.tiled ? vae->encode_tiled(x, QwenImageVAETiling(in.tile_size, in.tile_stride)) : vae->encode(x);
 }
@@ -188,6 +206,7 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
   t_stage = clock::now();
 
   // Denoise.
+  load_models_to_device({"dit", "blockwise_controlnet"});
   const auto steps = scheduler.timesteps.size(0);
   std::optional<ProgressBar> bar;
   if (progress) bar.emplace(steps, *progress);
@@ -233,9 +252,11 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
   // Decode.
   if (!vae) throw Error("Qwen-Image pipeline: no qwen_image_vae model loaded (pass its file)");
   out.latents = latents;
+  load_models_to_device({"vae"});
   auto decoded = in.tiled ? vae->decode_tiled(latents, QwenImageVAETiling(in.tile_size, in.tile_stride)) : vae->decode(latents);
   out.image = vae_output_to_image(decoded);
   out.decode_seconds = seconds_since(t_stage);
+  load_models_to_device({});
   return out;
 }
 

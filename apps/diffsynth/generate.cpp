@@ -138,6 +138,7 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("-o,--output", a.output, "Output PNG")->capture_default_str();
   g.add_option("--save-latents", a.save_latents, "Also write the final latents (before decoding) as float32 safetensors");
   g.add_flag("-q,--quiet", a.quiet, "No loading messages or progress bar");
+  a.vram.add(g);
 }
 
 int cmd_generate(const GenerateArgs& a) {
@@ -191,12 +192,10 @@ int cmd_generate(const GenerateArgs& a) {
     tokenizer = (fs::path(data) / "qwen-tokenizer").string();
   }
 
-  VRAMConfig config = VRAMConfig::default_config();
-  config.computation_dtype = dtype_name(dtype).substr(6);
-  config.computation_device = device.str();
+  const VRAMConfig config = a.vram.config(a.dtype, a.device);
   std::ostringstream quiet_sink;
   ModelPool pool(a.quiet ? static_cast<std::ostream&>(quiet_sink) : std::cerr);
-  for (const auto& f : files) pool.auto_load_model(f, config);
+  for (const auto& f : files) pool.auto_load_model(f, config, a.vram.vram_limit);
   auto pipe = QwenImagePipeline::from_model_pool(pool, tokenizer, device, dtype);
   if (a.quiet) pipe->log = &quiet_sink;
   else pipe->log = &std::cerr;

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "apps/diffsynth/vram_options.h"
+
 namespace diffsynth::cli {
 
 struct GenerateArgs {
@@ -31,6 +33,7 @@ struct GenerateArgs {
   std::string output = "output.png";
   std::string save_latents;  // the final latents (float32 safetensors), for parity checks
   bool quiet = false;
+  VRAMArgs vram;  // --offload, --offload-dtype, --vram-limit, --vram-config
 };
 
 void add_generate_options(CLI::App& sub, GenerateArgs& args);

@@ -4,22 +4,28 @@
 //   diffsynth load FILE...      ModelPool.auto_load_model, with the reference's messages
 //   diffsynth tokenize ...      token ids of texts (handled by the launcher, apps/diffsynth/launcher.cpp)
 //   diffsynth generate ...      Qwen-Image text-to-image / img2img / inpaint / ControlNet / LoRA
+//   diffsynth forward FILE...   one Qwen-Image DiT forward on seeded random inputs (VRAM management check)
 // Exit status: 0 on success, 2 on bad input (one line on stderr naming the file and problem).
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <cstdio>
 #include <iostream>
 #include <map>
 #include <sys/resource.h>
 
 #include "apps/diffsynth/generate.h"
+#include "apps/diffsynth/vram_options.h"
 #include "configs/model_configs.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/loader/file.h"
 #include "core/loader/safetensors.h"
 #include "core/registry.h"
+#include "core/vram/layers.h"
+#include "models/qwen_image_dit.h"
 #include "models/model_loader.h"
 #include "utils/pyjson.h"
 
@@ -40,6 +46,16 @@ std::string human_bytes(double b) {
 }
 
 double peak_rss_bytes() {
+  // VmHWM: this process image's high-water mark. ru_maxrss survives execve, so after the
+  // launcher's exec (or a fork from a big parent) it can report the parent's peak instead.
+  if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    double kb = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
+    std::fclose(f);
+    if (kb >= 0) return kb * 1024.0;
+  }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) * 1024.0;
@@ -158,14 +174,24 @@ int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_te
   return 0;
 }
 
-int cmd_load(const std::vector<std::string>& files, const std::string& dtype, const std::string& device, bool touch) {
+std::string resident_summary(const std::vector<std::shared_ptr<Module>>& models) {
+  std::int64_t res = 0, mapped = 0;
+  for (const auto& m : models) {
+    auto [r, mp] = stored_weight_bytes(*m);
+    res += r;
+    mapped += mp;
+  }
+  return "weights held: " + human_bytes(static_cast<double>(res)) + " in memory, " +
+         human_bytes(static_cast<double>(mapped)) + " as file views";
+}
+
+int cmd_load(const std::vector<std::string>& files, const std::string& dtype, const std::string& device, bool touch,
+             const cli::VRAMArgs& vram) {
   const ModelPaths paths = expand_model_paths(files);
-  VRAMConfig config = VRAMConfig::default_config();
-  config.computation_dtype = dtype_name(parse_dtype(dtype)).substr(6);
-  config.computation_device = parse_device(device).str();
+  VRAMConfig config = vram.config(dtype, device);
   const auto t0 = std::chrono::steady_clock::now();
   ModelPool pool;
-  pool.auto_load_model(paths, config);
+  pool.auto_load_model(paths, config, vram.vram_limit);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::uint64_t params = 0, bytes = 0;
   double checksum = 0;
@@ -181,6 +207,72 @@ int cmd_load(const std::vector<std::string>& files, const std::string& dtype, co
                pool.model.size(), static_cast<unsigned long long>(params), human_bytes(static_cast<double>(bytes)).c_str(),
                seconds, human_bytes(peak_rss_bytes()).c_str());
   if (touch) std::fprintf(stderr, "diffsynth: read every weight in %.3f s (sum %.6g)\n", total - seconds, checksum);
+  if (config.management_enabled()) std::fprintf(stderr, "diffsynth: %s\n", resident_summary(pool.model).c_str());
+  return 0;
+}
+
+std::vector<std::int64_t> parse_shape(const std::string& s, const char* what) {
+  std::vector<std::int64_t> out;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, 'x')) {
+    std::size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != part.size() || part.empty() || v <= 0) throw Error(std::string(what) + ": expected NxCxHxW with positive integers, got '" + s + "'");
+    out.push_back(v);
+  }
+  if (out.size() != 4) throw Error(std::string(what) + ": expected NxCxHxW, got '" + s + "'");
+  return out;
+}
+
+struct ForwardArgs {
+  std::string latents = "1x16x16x16";
+  std::int64_t text_tokens = 8;
+  std::uint64_t seed = 0;
+};
+
+int cmd_forward(const std::vector<std::string>& files, const std::string& dtype_s, const std::string& device_s,
+                const cli::VRAMArgs& vram, const ForwardArgs& fa) {
+  const auto shape = parse_shape(fa.latents, "--latents");
+  if (shape[1] != 16) throw Error("--latents: the Qwen-Image DiT takes 16 latent channels, got " + std::to_string(shape[1]));
+  if (shape[2] % 2 || shape[3] % 2) throw Error("--latents: height and width must be even (2x2 patches)");
+  if (fa.text_tokens <= 0) throw Error("--text-tokens must be positive");
+  const ModelPaths paths = expand_model_paths(files);
+  VRAMConfig config = vram.config(dtype_s, device_s);
+  const auto dtype = parse_dtype(*config.computation_dtype);
+  const auto device = parse_device(*config.computation_device);
+  const auto t0 = std::chrono::steady_clock::now();
+  ModelPool pool;
+  pool.auto_load_model(paths, config, vram.vram_limit);
+  auto dit = std::dynamic_pointer_cast<QwenImageDiTImpl>(pool.fetch_model("qwen_image_dit"));
+  if (!dit) throw Error(path_str(paths) + ": no qwen_image_dit model in these file(s)");
+  // The pipeline's load_models_to_device(["dit"]).
+  if (vram_management_enabled(*dit)) vram_onload(*dit);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(fa.seed);
+  QwenImageDiTInputs in;
+  in.latents = torch::randn(shape, gen, torch::kFloat32).to(device, dtype);
+  in.prompt_emb = torch::randn({1, fa.text_tokens, dit->config.joint_attention_dim}, gen, torch::kFloat32).to(device, dtype);
+  in.prompt_emb_mask = torch::ones({1, fa.text_tokens}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  in.timestep = torch::full({1}, 500.0, torch::TensorOptions().dtype(dtype).device(device));
+  const auto t1 = std::chrono::steady_clock::now();
+  torch::Tensor out = dit->model_fn(in);
+  const double fwd_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  auto o = out.to(torch::kCPU, torch::kFloat32);
+  std::string shp;
+  for (auto d : o.sizes()) shp += (shp.empty() ? "" : "x") + std::to_string(d);
+  std::printf("output shape %s  mean %.6g  std %.6g  min %.6g  max %.6g\n", shp.c_str(), o.mean().item<double>(),
+              o.std().item<double>(), o.min().item<double>(), o.max().item<double>());
+  std::printf("load %.3f s  forward %.3f s  peak RSS %s (%.0f bytes)\n", load_s, fwd_s,
+              human_bytes(peak_rss_bytes()).c_str(), peak_rss_bytes());
+  std::printf("%s\n", resident_summary({dit}).c_str());
   return 0;
 }
 
@@ -208,6 +300,19 @@ int main(int argc, char** argv) {
   load->add_option("--dtype", dtype, "Computation dtype (bfloat16, float32, float16)")->capture_default_str();
   load->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
   load->add_flag("--touch", touch, "Read every weight once after loading (zero-copy weights are otherwise paged in on first use)");
+  cli::VRAMArgs vram_args;
+  vram_args.add(*load);
+
+  ForwardArgs forward_args;
+  auto* forward = app.add_subcommand("forward", "Run the Qwen-Image DiT once on seeded random inputs (timestep 500); "
+                                                "print output statistics, time and peak RSS");
+  forward->add_option("files", files, "Model file(s), a folder or an *.index.json")->required();
+  forward->add_option("--latents", forward_args.latents, "Latent shape NxCxHxW")->capture_default_str();
+  forward->add_option("--text-tokens", forward_args.text_tokens, "Text tokens")->capture_default_str();
+  forward->add_option("--dtype", dtype, "Computation dtype (bfloat16, float32, float16)")->capture_default_str();
+  forward->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
+  forward->add_option("--seed", forward_args.seed, "Seed of the random inputs")->capture_default_str();
+  vram_args.add(*forward);
 
   // Answered by the launcher (no libtorch); listed here for --help.
   app.add_subcommand("tokenize", "Encode / decode text with a tokenizer.json byte-level BPE (diffsynth tokenize --help)");
@@ -228,7 +333,8 @@ int main(int argc, char** argv) {
   try {
     if (*hash) return cmd_hash(files, without_shape);
     if (*inspect) return cmd_inspect(files, as_json, all_tensors);
-    if (*load) return cmd_load(files, dtype, device, touch);
+    if (*load) return cmd_load(files, dtype, device, touch, vram_args);
+    if (*forward) return cmd_forward(files, dtype, device, vram_args, forward_args);
     if (*generate) return cli::cmd_generate(generate_args);
   } catch (const Error& e) {
     std::cerr << "diffsynth: error: " << e.what() << "\n";

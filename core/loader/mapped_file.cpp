@@ -66,7 +66,12 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   m->path_ = path;
   m->size_ = static_cast<std::size_t>(size);
   if (size > 0) {
-    void* p = ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    // MAP_NORESERVE: a private writable mapping would otherwise be charged in full against the
+    // commit limit, so a checkpoint larger than RAM could not be mapped at all. Pages are only
+    // copied (and charged) if a tensor is written in place. Where the kernel still refuses
+    // (strict overcommit), map read-only: nothing here writes to loaded weights.
+    void* p = ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED && errno == ENOMEM) p = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     ::close(fd);
     if (p == MAP_FAILED) fail(path, std::string("cannot mmap: ") + std::strerror(e));

@@ -1,0 +1,21 @@
+// --offload / --offload-dtype / --vram-limit / --vram-config: the VRAM management options shared
+// by `load`, `forward` and `generate`.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+
+#include "core/vram/config.h"
+
+namespace diffsynth::cli {
+
+struct VRAMArgs {
+  std::string offload, offload_dtype, vram_config;
+  std::optional<double> vram_limit;
+  void add(CLI::App& app);
+  // The VRAMConfig these options give, over the computation dtype/device; throws Error on bad values.
+  VRAMConfig config(const std::string& dtype, const std::string& device) const;
+};
+
+}  // namespace diffsynth::cli

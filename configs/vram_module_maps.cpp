@@ -1,0 +1,48 @@
+#include "configs/vram_module_maps.h"
+
+#include <map>
+
+namespace diffsynth {
+
+namespace {
+constexpr auto AWM = VRAMWrapperKind::AutoWrappedModule;
+constexpr auto AWL = VRAMWrapperKind::AutoWrappedLinear;
+
+const std::map<std::string, std::vector<VRAMModuleMapEntry>>& maps() {
+  static const std::map<std::string, std::vector<VRAMModuleMapEntry>> m = {
+      {"diffsynth.models.qwen_image_dit.QwenImageDiT",
+       {{"diffsynth.models.qwen_image_dit.RMSNorm", AWM}, {"torch.nn.Linear", AWL}, {"torch.nn.Embedding", AWM}}},
+      // As VERSION_CHECKER_MAPS gives it for transformers >= 5.2.0 (Qwen2RMSNorm renamed
+      // Qwen2_5_VLRMSNorm); our text encoder's RMSNorm declares both names.
+      {"diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder",
+       {{"torch.nn.Linear", AWL},
+        {"torch.nn.Embedding", AWM},
+        {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLRotaryEmbedding", AWM},
+        {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionPatchEmbed", AWM},
+        {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionRotaryEmbedding", AWM},
+        {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLRMSNorm", AWM}}},
+      {"diffsynth.models.qwen_image_vae.QwenImageVAE",
+       {{"torch.nn.Linear", AWL},
+        {"torch.nn.Conv3d", AWM},
+        {"torch.nn.Conv2d", AWM},
+        {"diffsynth.models.qwen_image_vae.QwenImageRMS_norm", AWM}}},
+      {"diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet",
+       {{"diffsynth.models.qwen_image_dit.RMSNorm", AWM}, {"torch.nn.Linear", AWL}}},
+      {"diffsynth.models.qwen_image_image2lora.QwenImageImage2LoRAModel", {{"torch.nn.Linear", AWL}}},
+  };
+  return m;
+}
+}  // namespace
+
+const std::vector<VRAMModuleMapEntry>* vram_module_map(const std::string& model_class) {
+  auto it = maps().find(model_class);
+  return it == maps().end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> vram_module_map_classes() {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : maps()) out.push_back(k);
+  return out;
+}
+
+}  // namespace diffsynth

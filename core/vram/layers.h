@@ -1,0 +1,125 @@
+// VRAM management (reference: diffsynth/core/vram/layers.py): AutoWrappedModule /
+// AutoWrappedLinear as one wrapper object attached to the wrapped layer.
+//
+// A wrapper governs every parameter of the wrapped module's subtree. It keeps the reference's
+// four states: offload (0), onload (1), preparing (2), and the transient computation copy.
+// Layers read their weights through Module::compute_param(), which runs the reference's
+// forward preamble (state 1 -> preparing while below vram_limit) and computation():
+//   * stored tensor already in the computation dtype/device -> used as is;
+//   * stored on "disk" (the slot holds the zero-copy view of the file mapping, never read)
+//     -> a temporary copy read straight into the computation dtype/device, after which the
+//     page-aligned range of the mapping it covered is dropped (madvise(MADV_DONTNEED)), so the
+//     process never keeps the file's pages;
+//   * otherwise -> a temporary cast/move (fp8 -> bf16 is a plain cast, as the reference's
+//     empty_like + copy_).
+// The temporary is a local of the layer's forward and is freed when it returns.
+// Beyond the reference: computation() looks at where the weight actually is rather than
+// assuming the onload pair, so a model still in the offload state computes correctly too.
+#pragma once
+#include <torch/torch.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "core/module.h"
+#include "core/vram/config.h"
+
+namespace diffsynth {
+
+// One state's placement: a dtype and device, or "disk" (left in the file mapping).
+struct VRAMPlace {
+  bool disk = false;
+  c10::ScalarType dtype = c10::kBFloat16;
+  torch::Device device = torch::kCPU;
+  bool operator==(const VRAMPlace& o) const {
+    return disk == o.disk && (disk || (dtype == o.dtype && device == o.device));
+  }
+  std::string str() const;
+};
+
+// A VRAMConfig with the reference's defaults filled in (set_dtype_and_device): an unset dtype is
+// the computation dtype; an unset device is "disk" when its dtype is "disk", else the
+// computation device.
+struct ResolvedVRAMConfig {
+  VRAMPlace offload, onload, preparing;
+  c10::ScalarType computation_dtype = c10::kBFloat16;
+  torch::Device computation_device = torch::kCPU;
+  std::optional<double> vram_limit;  // GiB
+  bool disk_offload = false;         // offload_dtype == "disk" (the reference's disk_offload flag)
+  static ResolvedVRAMConfig resolve(const VRAMConfig& c, std::optional<double> vram_limit);
+};
+
+// Bytes of weights held by managed layers outside file mappings, per device type. On devices
+// without a driver query this process's accounting is what vram_limit is compared with.
+std::int64_t vram_resident_bytes();
+
+class VRAMWrapper {
+ public:
+  VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config);
+  ~VRAMWrapper();
+  VRAMWrapper(const VRAMWrapper&) = delete;
+  VRAMWrapper& operator=(const VRAMWrapper&) = delete;
+
+  // Attaches to the module and every module below it. Tensors in the slots are taken as the
+  // stored (offload-state) weights; `from_disk` says they are zero-copy views of the file.
+  static std::shared_ptr<VRAMWrapper> wrap(Module& module, const std::string& name, const ResolvedVRAMConfig& config,
+                                           bool from_disk);
+
+  void offload();    // any -> offload
+  void onload();     // offload -> onload
+  void preparing();  // onload -> preparing
+  int state() const { return state_; }
+  const std::string& name() const { return name_; }
+  const ResolvedVRAMConfig& config() const { return config_; }
+  // The computation tensor of parameter `name` (dotted, relative to the wrapped module).
+  torch::Tensor compute(const std::string& name);
+  // Bytes of the stored tensors: (outside file mappings, inside them).
+  std::pair<std::int64_t, std::int64_t> stored_bytes() const;
+  bool check_free_vram() const;
+
+ private:
+  struct Entry {
+    Module* owner;
+    std::string leaf, name;
+    torch::Tensor disk_view;  // the file mapping view (disk offload), kept to reload from
+    bool on_disk = false;     // the slot holds disk_view
+  };
+  Entry& entry(const std::string& name);
+  void place_all(const VRAMPlace& p);
+  void set_slot(Entry& e, torch::Tensor t, bool on_disk);
+
+  Module* module_;
+  std::string name_;
+  ResolvedVRAMConfig config_;
+  int state_ = 0;
+  std::vector<Entry> entries_;
+  std::int64_t accounted_ = 0;  // bytes this wrapper adds to vram_resident_bytes()
+};
+
+struct VRAMModuleMapEntry;  // configs/vram_module_maps.h
+
+// enable_vram_management: wraps each child matching the module map (first entry that any of the
+// child's reference classes matches, depth-first), recursing into children that match none.
+// With no map (nullptr), the whole model is wrapped as one unit after the reference's
+// fill_vram_config (onload = preparing = computation, with its message on `out` when that
+// changes the config). `from_disk`: the slots hold zero-copy views of the file. Returns the
+// number of wrappers.
+std::size_t enable_vram_management(Module& model, const std::string& class_name,
+                                   const std::vector<VRAMModuleMapEntry>* module_map, const VRAMConfig& vram_config,
+                                   std::optional<double> vram_limit, bool from_disk, std::ostream& out);
+
+// Every wrapper of a model (in module order), and the pipeline's load_models_to_device steps.
+std::vector<std::shared_ptr<VRAMWrapper>> vram_wrappers(const Module& model);
+bool vram_management_enabled(const Module& model);
+void vram_offload(Module& model);
+void vram_onload(Module& model);
+
+// Bytes of every parameter of the model as stored now: (outside file mappings, inside them).
+std::pair<std::int64_t, std::int64_t> stored_weight_bytes(const Module& model);
+
+}  // namespace diffsynth
