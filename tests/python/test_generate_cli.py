@@ -27,14 +27,16 @@ def one_line_error(p, *needles):
 
 def test_default_model_writes_png_with_parameters(tmp_path, diffsynth_bin):
     out = tmp_path / "a.png"
-    p = run([diffsynth_bin, "generate", "--prompt", "a cat {not a placeholder}", "--seed", "7", "-o", out,
+    # Braces in a prompt are text: the template is filled like str.format, the prompt itself is not.
+    prompt = "a cat {wearing a hat}"
+    p = run([diffsynth_bin, "generate", "--prompt", prompt, "--seed", "7", "-o", out,
              "--steps", "2", "--width", "48", "--height", "32", "--threads", "2"])
     assert "tiny random-weight Qwen-Image" in p.stderr  # says plainly what it ran
     assert "2/2" in p.stderr  # progress bar
     img = Image.open(out)
     assert img.size == (48, 32) and img.mode == "RGB"
     params = json.loads(img.text["parameters"])
-    assert params["prompt"] == "a cat {not a placeholder}"
+    assert params["prompt"] == prompt
     assert params["seed"] == 7 and params["steps"] == 2 and params["width"] == 48 and params["height"] == 32
     assert {m["model_name"] for m in params["models"]} == {"qwen_image_dit", "qwen_image_text_encoder", "qwen_image_vae"}
     # Not a blank image: random weights still make structured noise.
