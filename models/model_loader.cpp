@@ -57,13 +57,7 @@ std::shared_ptr<Module> load_model_with_vram_management(const ModelFactory& fact
                                                         const StateDictConverter* converter, const VRAMConfig& vram_config,
                                                         std::optional<double> vram_limit, std::ostream& out) {
   const ResolvedVRAMConfig resolved = ResolvedVRAMConfig::resolve(vram_config, vram_limit);
-  std::shared_ptr<Module> model = factory(extra_kwargs);
-  StateDict sd = open_state_dict(paths);
-  if (converter) sd = (*converter)(sd);
-  const std::string what = paths.size() == 1 ? paths[0] : paths[0] + " (+" + std::to_string(paths.size() - 1) + " shards)";
-  LayoutDiff d = diff_layout(*model, sd);
-  if (!d.missing.empty() || !d.unexpected.empty() || !d.mismatched.empty())
-    throw Error(what + ": does not fit " + class_name + ": " + format_layout_diff(d));
+  auto [model, sd, what] = open_model(factory, class_name, paths, extra_kwargs, converter);
   const bool disk = resolved.offload.disk;
   if (!disk) convert_state_dict(sd, resolved.offload.dtype, resolved.offload.device);
   assign_state_dict(*model, sd, what, class_name);

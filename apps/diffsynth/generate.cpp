@@ -1,7 +1,6 @@
 #include "apps/diffsynth/generate.h"
 
-#include <sys/resource.h>
-#include <unistd.h>
+#include "apps/diffsynth/app_paths.h"
 
 #include <cstdio>
 
@@ -24,18 +23,6 @@ namespace fs = std::filesystem;
 
 namespace diffsynth::cli {
 namespace {
-
-fs::path executable_dir() {
-  std::error_code ec;
-  auto exe = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? fs::path() : exe.parent_path();
-}
-
-double peak_rss_gib() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
-}
 
 bool is_dir(const fs::path& p) {
   std::error_code ec;
@@ -92,19 +79,6 @@ void check_multiple(std::int64_t v, const char* name) {
 }
 
 }  // namespace
-
-std::string data_dir() {
-  if (const char* env = std::getenv("DIFFSYNTH_DATA_DIR"); env && *env) return env;
-  const auto exe = executable_dir();
-  for (const auto& candidate : {exe / ".." / ".." / "data", exe / ".." / "share" / "diffsynth" / "data"})
-    if (is_dir(candidate / "qwen-tokenizer")) return fs::weakly_canonical(candidate).string();
-  return {};
-}
-
-std::string default_model_dir() {
-  const auto dir = executable_dir() / ".." / "models" / "tiny-qwen-image";
-  return is_dir(dir) ? fs::weakly_canonical(dir).string() : std::string();
-}
 
 void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("-p,--prompt", a.prompt, "Prompt");
@@ -186,11 +160,7 @@ int cmd_generate(const GenerateArgs& a) {
   std::string tokenizer = a.tokenizer;
   if (tokenizer.empty() && !model_dir.empty() && is_dir(fs::path(model_dir) / "tokenizer"))
     tokenizer = (fs::path(model_dir) / "tokenizer").string();
-  if (tokenizer.empty()) {
-    const auto data = data_dir();
-    if (data.empty()) throw Error("no --tokenizer given and the bundled Qwen tokenizer (data/qwen-tokenizer) was not found");
-    tokenizer = (fs::path(data) / "qwen-tokenizer").string();
-  }
+  if (tokenizer.empty()) tokenizer = default_tokenizer_dir();
 
   const VRAMConfig config = a.vram.config(a.dtype, a.device);
   std::ostringstream quiet_sink;
@@ -278,7 +248,7 @@ int cmd_generate(const GenerateArgs& a) {
                  "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
                  "peak RSS %.2f GiB\n",
                  load_seconds, result.encode_seconds, result.denoise_seconds, static_cast<long long>(a.steps),
-                 result.denoise_seconds / static_cast<double>(a.steps), result.decode_seconds, peak_rss_gib());
+                 result.denoise_seconds / static_cast<double>(a.steps), result.decode_seconds, peak_rss_bytes() / (1 << 30));
   }
   if (!a.quiet)
     std::cerr << "diffsynth: wrote " << a.output << " (" << result.width << "x" << result.height << ", seed " << result.seed

@@ -39,10 +39,4 @@ struct GenerateArgs {
 void add_generate_options(CLI::App& sub, GenerateArgs& args);
 int cmd_generate(const GenerateArgs& args);
 
-// The folder holding the project's data (data/qwen-tokenizer, ...): $DIFFSYNTH_DATA_DIR, or
-// found from the executable (<repo>/build*/bin -> <repo>/data). Empty when not found.
-std::string data_dir();
-// The tiny random-weight Qwen-Image folder the build writes (<build>/models/tiny-qwen-image).
-std::string default_model_dir();
-
 }  // namespace diffsynth::cli

@@ -15,23 +15,15 @@
 #include <string>
 #include <vector>
 
+#include "apps/diffsynth/app_paths.h"
 #include "core/error.h"
 #include "core/loader/keys.h"
 #include "core/tokenizer/bpe_tokenizer.h"
 
 namespace {
 
-std::string executable_dir() {
-  char self[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) return ".";
-  self[n] = '\0';
-  const std::string path = self;
-  return path.substr(0, path.rfind('/'));
-}
-
 [[noreturn]] void exec_full(char** argv) {
-  const std::string full = executable_dir() + "/diffsynth-full";
+  const std::string full = (diffsynth::cli::executable_dir() / "diffsynth-full").string();
   ::execv(full.c_str(), argv);
   std::cerr << "diffsynth: error: cannot run " << full << ": " << std::strerror(errno) << "\n";
   std::exit(2);
@@ -59,22 +51,6 @@ struct TokenizeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// data/qwen-tokenizer: $DIFFSYNTH_DATA_DIR, else the source tree above build*/bin/ or bin/.
-std::string default_tokenizer_dir() {
-  namespace fs = std::filesystem;
-  std::vector<fs::path> candidates;
-  if (const char* data = std::getenv("DIFFSYNTH_DATA_DIR"); data && *data) candidates.emplace_back(fs::path(data) / "qwen-tokenizer");
-  const fs::path bin = executable_dir();
-  candidates.push_back(bin.parent_path().parent_path() / "data" / "qwen-tokenizer");  // <repo>/build*/bin
-  candidates.push_back(bin.parent_path() / "data" / "qwen-tokenizer");                // <prefix>/bin
-  std::string tried;
-  for (const auto& c : candidates) {
-    std::error_code ec;
-    if (fs::exists(c / "tokenizer.json", ec)) return c.lexically_normal().string();
-    tried += (tried.empty() ? "" : ", ") + c.lexically_normal().string();
-  }
-  throw TokenizeError("no default tokenizer found (tried " + tried + "); pass --tokenizer DIR or set DIFFSYNTH_DATA_DIR");
-}
 
 std::vector<int32_t> parse_ids(const std::string& line) {
   std::vector<int32_t> ids;
@@ -179,7 +155,7 @@ int tokenize_main(int argc, char** argv) {
   }
 
   const auto load_start = std::chrono::steady_clock::now();
-  const diffsynth::BPETokenizer tokenizer = diffsynth::BPETokenizer::from_dir(dir ? *dir : default_tokenizer_dir());
+  const diffsynth::BPETokenizer tokenizer = diffsynth::BPETokenizer::from_dir(dir ? *dir : diffsynth::cli::default_tokenizer_dir());
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
   std::string out;

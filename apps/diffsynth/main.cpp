@@ -14,8 +14,8 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
-#include <sys/resource.h>
 
+#include "apps/diffsynth/app_paths.h"
 #include "apps/diffsynth/generate.h"
 #include "apps/diffsynth/vram_options.h"
 #include "configs/model_configs.h"
@@ -43,22 +43,6 @@ std::string human_bytes(double b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
   return buf;
-}
-
-double peak_rss_bytes() {
-  // VmHWM: this process image's high-water mark. ru_maxrss survives execve, so after the
-  // launcher's exec (or a fork from a big parent) it can report the parent's peak instead.
-  if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
-    char line[256];
-    double kb = -1;
-    while (std::fgets(line, sizeof line, f))
-      if (std::sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
-    std::fclose(f);
-    if (kb >= 0) return kb * 1024.0;
-  }
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) * 1024.0;
 }
 
 std::string short_class(const std::string& dotted) {
@@ -205,7 +189,7 @@ int cmd_load(const std::vector<std::string>& files, const std::string& dtype, co
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fprintf(stderr, "diffsynth: loaded %zu model(s), %llu parameters (%s) in %.3f s; peak RSS %s\n",
                pool.model.size(), static_cast<unsigned long long>(params), human_bytes(static_cast<double>(bytes)).c_str(),
-               seconds, human_bytes(peak_rss_bytes()).c_str());
+               seconds, human_bytes(cli::peak_rss_bytes()).c_str());
   if (touch) std::fprintf(stderr, "diffsynth: read every weight in %.3f s (sum %.6g)\n", total - seconds, checksum);
   if (config.management_enabled()) std::fprintf(stderr, "diffsynth: %s\n", resident_summary(pool.model).c_str());
   return 0;
@@ -271,7 +255,7 @@ int cmd_forward(const std::vector<std::string>& files, const std::string& dtype_
   std::printf("output shape %s  mean %.6g  std %.6g  min %.6g  max %.6g\n", shp.c_str(), o.mean().item<double>(),
               o.std().item<double>(), o.min().item<double>(), o.max().item<double>());
   std::printf("load %.3f s  forward %.3f s  peak RSS %s (%.0f bytes)\n", load_s, fwd_s,
-              human_bytes(peak_rss_bytes()).c_str(), peak_rss_bytes());
+              human_bytes(cli::peak_rss_bytes()).c_str(), cli::peak_rss_bytes());
   std::printf("%s\n", resident_summary({dit}).c_str());
   return 0;
 }

@@ -83,17 +83,21 @@ void assign_state_dict(Module& model, const StateDict& sd, const std::string& wh
   }
 }
 
+OpenedModel open_model(const ModelFactory& factory, const std::string& class_name, const ModelPaths& paths,
+                       const nlohmann::ordered_json& extra_kwargs, const StateDictConverter* converter) {
+  OpenedModel m{factory(extra_kwargs), open_state_dict(paths), ""};
+  if (converter) m.state_dict = (*converter)(m.state_dict);
+  m.what = paths.size() == 1 ? paths[0] : paths[0] + " (+" + std::to_string(paths.size() - 1) + " shards)";
+  LayoutDiff d = diff_layout(*m.model, m.state_dict);
+  if (!d.missing.empty() || !d.unexpected.empty() || !d.mismatched.empty())
+    throw Error(m.what + ": does not fit " + class_name + ": " + format_layout_diff(d));
+  return m;
+}
+
 std::shared_ptr<Module> load_model(const ModelFactory& factory, const std::string& class_name, const ModelPaths& paths,
                                    const nlohmann::ordered_json& extra_kwargs, std::optional<c10::ScalarType> dtype,
                                    const torch::Device& device, const StateDictConverter* converter) {
-  std::shared_ptr<Module> model = factory(extra_kwargs);
-  StateDict sd = open_state_dict(paths);
-  if (converter) sd = (*converter)(sd);
-  const std::string what = paths.size() == 1 ? paths[0] : paths[0] + " (+" + std::to_string(paths.size() - 1) + " shards)";
-  // Check the layout before any conversion work, so a wrong file fails at once.
-  LayoutDiff d = diff_layout(*model, sd);
-  if (!d.missing.empty() || !d.unexpected.empty() || !d.mismatched.empty())
-    throw Error(what + ": does not fit " + class_name + ": " + format_layout_diff(d));
+  auto [model, sd, what] = open_model(factory, class_name, paths, extra_kwargs, converter);
   convert_state_dict(sd, dtype, device);
   assign_state_dict(*model, sd, what, class_name);
   model->eval();

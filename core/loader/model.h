@@ -18,6 +18,17 @@ namespace diffsynth {
 void assign_state_dict(Module& model, const StateDict& state_dict, const std::string& what,
                        const std::string& class_name);
 
+// The first half of load_model, shared with the VRAM-managed branch: the model built on meta and
+// its file(s) opened as zero-copy views under the model's names (converter applied), checked
+// against the model's layout before any conversion work, so a wrong file fails at once.
+struct OpenedModel {
+  std::shared_ptr<Module> model;
+  StateDict state_dict;
+  std::string what;  // the file, for messages ("<first> (+N shards)")
+};
+OpenedModel open_model(const ModelFactory& factory, const std::string& class_name, const ModelPaths& paths,
+                       const nlohmann::ordered_json& extra_kwargs, const StateDictConverter* converter);
+
 // The reference's "normal" branch of load_model: build on meta, open the file(s) as zero-copy
 // views, run the converter, cast/move the kept tensors (one copy each, none when dtype and
 // device already match), assign strictly, eval().
