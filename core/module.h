@@ -36,6 +36,8 @@ class Module : public torch::nn::Module {
   // The wrapper governing this module's parameters (itself or an ancestor), with this module's
   // dotted prefix relative to the wrapped module. Null when not managed.
   const std::shared_ptr<VRAMWrapper>& vram_wrapper() const { return vram_; }
+  // This module's dotted prefix inside the wrapped module ("" when it is the wrapped module).
+  const std::string& vram_prefix() const { return vram_prefix_; }
   void set_vram_wrapper(std::shared_ptr<VRAMWrapper> w, std::string prefix) {
     vram_ = std::move(w);
     vram_prefix_ = std::move(prefix);

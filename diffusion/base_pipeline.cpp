@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "utils/lora/general.h"
 
 namespace diffsynth {
 
@@ -108,5 +109,10 @@ void ProgressBar::update(std::int64_t done) {
 }
 
 void ProgressBar::finish() { *out_ << '\n' << std::flush; }
+
+std::int64_t BasePipeline::load_lora(Module& module, const std::string& file, double alpha,
+                                     std::optional<bool> hotload, bool verbose) const {
+  return diffsynth::load_lora(module, file, alpha, hotload, dtype, device, verbose);
+}
 
 }  // namespace diffsynth

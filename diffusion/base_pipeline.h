@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "core/module.h"
 #include "diffusion/flow_match.h"
 
 namespace diffsynth {
@@ -38,6 +39,11 @@ class BasePipeline {
                      const torch::Tensor& noise_pred, const torch::Tensor& input_latents = {},
                      const torch::Tensor& inpaint_mask = {}) const;
   // True CFG: neg + cfg_scale * (pos - neg); the negative side is not run at cfg_scale 1.
+  // BasePipeline.load_lora: the file read in the pipeline dtype on its device, then hot-loaded
+  // onto the module's wrapped Linear layers (the default when VRAM management is on) or fused
+  // into its weights (utils/lora/general.h). Returns the number of layers patched.
+  std::int64_t load_lora(Module& module, const std::string& file, double alpha = 1,
+                         std::optional<bool> hotload = std::nullopt, bool verbose = true) const;
   static torch::Tensor cfg_guided(double cfg_scale, const std::function<torch::Tensor()>& positive,
                                   const std::function<torch::Tensor()>& negative);
 

@@ -1,5 +1,7 @@
 #include "models/general_modules.h"
 
+#include "core/vram/layers.h"
+
 namespace diffsynth {
 
 LinearImpl::LinearImpl(std::int64_t in, std::int64_t out, bool bias)
@@ -10,7 +12,10 @@ LinearImpl::LinearImpl(std::int64_t in, std::int64_t out, bool bias)
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  return torch::linear(x, compute_param("weight"), has_bias ? compute_param("bias") : torch::Tensor());
+  auto out = torch::linear(x, compute_param("weight"), has_bias ? compute_param("bias") : torch::Tensor());
+  // Hot-loaded LoRA pairs live on this layer's own AutoWrappedLinear wrapper.
+  if (const auto& w = vram_wrapper(); w && w->lora_count() > 0) out = w->lora_forward(x, std::move(out));
+  return out;
 }
 
 RMSNormImpl::RMSNormImpl(std::int64_t d, double e, bool affine) : dim(d), eps(e), elementwise_affine(affine) {

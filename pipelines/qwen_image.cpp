@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/vram/layers.h"
 #include "utils/image.h"
+#include "utils/lora/general.h"
 
 namespace diffsynth {
 namespace {
@@ -82,6 +83,12 @@ void QwenImagePipeline::load_models_to_device(const std::vector<std::string>& na
     if (!wanted(name) && vram_management_enabled(*m)) vram_offload(*m);
   for (auto& [name, m] : models)
     if (wanted(name) && vram_management_enabled(*m)) vram_onload(*m);
+}
+
+std::int64_t QwenImagePipeline::clear_lora(bool verbose) {
+  std::vector<Module*> models{text_encoder.get(), dit.get(), vae.get()};
+  for (auto& c : blockwise_controlnet) models.push_back(c.get());
+  return diffsynth::clear_lora(models, verbose);
 }
 
 std::pair<torch::Tensor, torch::Tensor> QwenImagePipeline::encode_prompt(const std::string& prompt) {

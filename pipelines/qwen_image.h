@@ -85,6 +85,8 @@ class QwenImagePipeline : public BasePipeline {
   // The reference's load_models_to_device: with VRAM management, models not named are offloaded
   // and the named ones onloaded ("dit", "text_encoder", "vae", "blockwise_controlnet").
   void load_models_to_device(const std::vector<std::string>& names);
+  // BasePipeline.clear_lora over every model of the pipeline.
+  std::int64_t clear_lora(bool verbose = true);
   torch::Tensor vae_encode(const torch::Tensor& image, const QwenImageInputs& in);
   torch::Tensor inpaint_latent_mask(const QwenImageInputs& in, std::int64_t height, std::int64_t width) const;
   torch::Tensor controlnet_conditioning(const ControlNetInput& c, const QwenImageInputs& in);

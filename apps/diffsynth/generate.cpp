@@ -14,6 +14,7 @@
 #include "core/loader/file.h"
 #include "core/loader/keys.h"
 #include "core/loader/safetensors.h"
+#include "core/vram/layers.h"
 #include "models/model_loader.h"
 #include "pipelines/qwen_image.h"
 #include "utils/image.h"
@@ -103,7 +104,12 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("--controlnet", a.controlnets, "Blockwise ControlNet file(s) (repeat for several)");
   g.add_option("--control-image", a.control_images, "Control image PNG (one per --controlnet, in order)");
   g.add_option("--control-scale", a.control_scales, "ControlNet scale (one for all, or one per control image)");
-  g.add_option("--lora", a.loras, "LoRA file fused into the DiT, FILE[:alpha] (repeat for several)");
+  g.add_option("--lora", a.loras, "LoRA file for the DiT, FILE[:alpha] (repeat for several; they stack)");
+  g.add_option("--lora-mode", a.lora_mode,
+               "auto: hot-load onto the wrapped layers when VRAM management is on (--offload, --vram-limit, "
+               "--vram-config), else fuse into the weights; fuse; hotload")
+      ->check(CLI::IsMember({"auto", "fuse", "hotload"}))
+      ->capture_default_str();
   g.add_option("--exponential-shift-mu", a.exponential_shift_mu, "Scheduler shift mu (default: from the image size)");
   g.add_flag("--tiled", a.tiled, "VAE encode/decode in tiles (bounded memory for large images)");
   g.add_option("--dtype", a.dtype, "Model and computation dtype (bfloat16, float32, float16)")->capture_default_str();
@@ -180,8 +186,13 @@ int cmd_generate(const GenerateArgs& a) {
   nlohmann::ordered_json lora_info = nlohmann::ordered_json::array();
   for (const auto& spec : a.loras) {
     const auto [file, alpha] = split_lora(spec);
-    fuse_lora(*pipe->dit, file, alpha, dtype, device, !a.quiet);
-    lora_info.push_back({{"file", fs::path(file).filename().string()}, {"alpha", alpha}});
+    // The reference's default: hot-loaded when the DiT is VRAM-managed, else fused.
+    std::optional<bool> hotload;
+    if (a.lora_mode == "fuse") hotload = false;
+    else if (a.lora_mode == "hotload") hotload = true;
+    const bool hot = hotload.value_or(vram_management_enabled(*pipe->dit));
+    pipe->load_lora(*pipe->dit, file, alpha, hotload, !a.quiet);
+    lora_info.push_back({{"file", fs::path(file).filename().string()}, {"alpha", alpha}, {"hotload", hot}});
   }
 
   QwenImageInputs in;

@@ -26,6 +26,7 @@ struct GenerateArgs {
   std::vector<std::string> controlnets, control_images;
   std::vector<double> control_scales;
   std::vector<std::string> loras;   // FILE[:alpha]
+  std::string lora_mode = "auto";   // auto | fuse | hotload
   std::optional<double> exponential_shift_mu;
   bool tiled = false;
   std::string dtype = "bfloat16", device = "cpu";

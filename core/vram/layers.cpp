@@ -58,14 +58,15 @@ ResolvedVRAMConfig ResolvedVRAMConfig::resolve(const VRAMConfig& c, std::optiona
   return r;
 }
 
-VRAMWrapper::VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config)
-    : module_(&module), name_(std::move(name)), config_(std::move(config)) {}
+VRAMWrapper::VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config, VRAMWrapperKind kind)
+    : module_(&module), name_(std::move(name)), config_(std::move(config)), kind_(kind) {}
 
 VRAMWrapper::~VRAMWrapper() { g_resident_bytes -= accounted_; }
 
 std::shared_ptr<VRAMWrapper> VRAMWrapper::wrap(Module& module, const std::string& name,
-                                               const ResolvedVRAMConfig& config, bool from_disk) {
-  auto w = std::make_shared<VRAMWrapper>(module, name, config);
+                                               const ResolvedVRAMConfig& config, bool from_disk,
+                                               VRAMWrapperKind kind) {
+  auto w = std::make_shared<VRAMWrapper>(module, name, config, kind);
   for (const auto& item : module.named_modules("", /*include_self=*/true)) {
     auto* m = dynamic_cast<Module*>(item.value().get());
     if (!m) continue;
@@ -169,6 +170,31 @@ torch::Tensor VRAMWrapper::compute(const std::string& name) {
   return r;
 }
 
+void VRAMWrapper::store(const std::string& name, torch::Tensor t) {
+  Entry& e = entry(name);
+  e.disk_view = torch::Tensor();
+  set_slot(e, std::move(t), false);
+}
+
+void VRAMWrapper::add_lora(torch::Tensor scaled_down, torch::Tensor up) {
+  if (!hotloads_lora()) throw Error("internal: LoRA hot-load on '" + name_ + "', which is not a wrapped Linear layer");
+  lora_.emplace_back(std::move(scaled_down), std::move(up));
+}
+
+std::size_t VRAMWrapper::clear_lora() {
+  const std::size_t n = lora_.size();
+  lora_.clear();
+  return n;
+}
+
+torch::Tensor VRAMWrapper::lora_forward(const torch::Tensor& x, torch::Tensor out) const {
+  for (const auto& [down, up] : lora_) {
+    const auto opts = torch::TensorOptions().dtype(x.scalar_type()).device(x.device());
+    out = out + torch::matmul(torch::matmul(x, down.t().to(opts)), up.t().to(opts));
+  }
+  return out;
+}
+
 std::pair<std::int64_t, std::int64_t> VRAMWrapper::stored_bytes() const {
   std::int64_t res = 0, mapped = 0;
   for (const auto& e : entries_) {
@@ -202,9 +228,10 @@ std::size_t wrap_recursively(torch::nn::Module& model, const std::vector<VRAMMod
     // Containers (ModuleList, plain name scopes) are torch::nn::Modules: recursed into.
     auto* m = dynamic_cast<Module*>(child.value().get());
     const std::string name = prefix.empty() ? child.key() : prefix + "." + child.key();
-    if (m && match(*m, map)) {
+    const VRAMModuleMapEntry* hit = m ? match(*m, map) : nullptr;
+    if (hit) {
       // AutoWrappedNonRecurseModule is not used by any implemented model's map.
-      VRAMWrapper::wrap(*m, name, config, from_disk);
+      VRAMWrapper::wrap(*m, name, config, from_disk, hit->target);
       ++n;
     } else {
       n += wrap_recursively(*child.value(), map, config, from_disk, name);

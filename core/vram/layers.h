@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "configs/vram_module_maps.h"
 #include "core/module.h"
 #include "core/vram/config.h"
 
@@ -60,7 +61,8 @@ std::int64_t vram_resident_bytes();
 
 class VRAMWrapper {
  public:
-  VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config);
+  VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config,
+              VRAMWrapperKind kind = VRAMWrapperKind::AutoWrappedModule);
   ~VRAMWrapper();
   VRAMWrapper(const VRAMWrapper&) = delete;
   VRAMWrapper& operator=(const VRAMWrapper&) = delete;
@@ -68,7 +70,7 @@ class VRAMWrapper {
   // Attaches to the module and every module below it. Tensors in the slots are taken as the
   // stored (offload-state) weights; `from_disk` says they are zero-copy views of the file.
   static std::shared_ptr<VRAMWrapper> wrap(Module& module, const std::string& name, const ResolvedVRAMConfig& config,
-                                           bool from_disk);
+                                           bool from_disk, VRAMWrapperKind kind = VRAMWrapperKind::AutoWrappedModule);
 
   void offload();    // any -> offload
   void onload();     // offload -> onload
@@ -81,6 +83,21 @@ class VRAMWrapper {
   // Bytes of the stored tensors: (outside file mappings, inside them).
   std::pair<std::int64_t, std::int64_t> stored_bytes() const;
   bool check_free_vram() const;
+  // Replaces the stored tensor of parameter `name` (fusing a LoRA): it is kept as given, in
+  // memory, and no longer reloaded from the file mapping.
+  void store(const std::string& name, torch::Tensor t);
+
+  // LoRA hot-load (the reference's LoRAHotLoadMixin): only AutoWrappedLinear wrappers take
+  // LoRA pairs; the base weights are never touched.
+  VRAMWrapperKind kind() const { return kind_; }
+  bool hotloads_lora() const { return kind_ == VRAMWrapperKind::AutoWrappedLinear; }
+  // Appends one pair: `scaled_down` is lora_A * alpha [rank, in], `up` is lora_B [out, rank].
+  void add_lora(torch::Tensor scaled_down, torch::Tensor up);
+  std::size_t lora_count() const { return lora_.size(); }
+  // Drops every pair; returns how many there were.
+  std::size_t clear_lora();
+  // out + sum over pairs of (x @ A^T) @ B^T, the pairs cast to x's dtype and device.
+  torch::Tensor lora_forward(const torch::Tensor& x, torch::Tensor out) const;
 
  private:
   struct Entry {
@@ -96,12 +113,12 @@ class VRAMWrapper {
   Module* module_;
   std::string name_;
   ResolvedVRAMConfig config_;
+  VRAMWrapperKind kind_;
   int state_ = 0;
   std::vector<Entry> entries_;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> lora_;  // (lora_A * alpha, lora_B)
   std::int64_t accounted_ = 0;  // bytes this wrapper adds to vram_resident_bytes()
 };
-
-struct VRAMModuleMapEntry;  // configs/vram_module_maps.h
 
 // enable_vram_management: wraps each child matching the module map (first entry that any of the
 // child's reference classes matches, depth-first), recursing into children that match none.

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/loader/file.h"
 #include "core/loader/model.h"
+#include "core/vram/layers.h"
 
 namespace diffsynth {
 namespace {
@@ -297,7 +298,14 @@ std::int64_t fuse_lora(Module& model, const LoRAPairs& lora, double alpha, c10::
     torch::Tensor fused = weight.to(device, dtype) + delta;
     // The reference copies into the parameter (load_state_dict): its dtype and device stay. Here
     // the slot gets a new tensor, since the old one may view read-only pages of the checkpoint.
-    owner->assign_tensor("weight", fused.to(weight.device(), weight.scalar_type()));
+    fused = fused.to(weight.device(), weight.scalar_type());
+    if (const auto& w = owner->vram_wrapper()) {
+      // Managed: the wrapper keeps the fused weight as its stored tensor (it is no longer the
+      // file's, so disk offload holds it in memory) and moves it between states from there.
+      w->store(owner->vram_prefix().empty() ? "weight" : owner->vram_prefix() + ".weight", std::move(fused));
+    } else {
+      owner->assign_tensor("weight", std::move(fused));
+    }
     ++updated;
   }
   if (verbose)
@@ -310,6 +318,55 @@ std::int64_t fuse_lora(Module& model, const std::string& file, double alpha, c10
                        const torch::Device& device, bool verbose) {
   const StateDict lora = load_lora_state_dict(file, dtype, device);
   return fuse_lora(model, convert_lora(lora, model, file), alpha, dtype, device, verbose);
+}
+
+std::int64_t hotload_lora(Module& model, const LoRAPairs& lora, double alpha, const std::string& source_name,
+                          bool verbose) {
+  if (!vram_management_enabled(model))
+    throw Error("VRAM Management is not enabled. LoRA hotloading is not supported.");
+  std::map<std::string, std::shared_ptr<VRAMWrapper>> hot;
+  for (const auto& w : vram_wrappers(model))
+    if (w->hotloads_lora()) hot.emplace(w->name(), w);
+  // The reference skips layers without a hot-loadable wrapper silently; that would drop part of
+  // the LoRA without a word, so it is an error here, before anything is attached.
+  std::vector<std::string> missing;
+  for (const auto& layer : lora)
+    if (!hot.count(layer.module)) missing.push_back(layer.module);
+  if (!missing.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < missing.size() && i < 10; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 10) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+    throw Error(source_name + ": LoRA hot-load needs Linear layers wrapped by VRAM management; these layers are not: " +
+                list + ". Load it fused instead (hotload = false).");
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& layer : lora) hot.at(layer.module)->add_lora(layer.lora_A * alpha, layer.lora_B);
+  const auto n = static_cast<std::int64_t>(lora.size());
+  if (verbose)
+    std::cout << n << " tensors are patched by LoRA. You can use `pipe.clear_lora()` to clear all LoRA layers."
+              << std::endl;
+  return n;
+}
+
+std::int64_t load_lora(Module& model, const std::string& file, double alpha, std::optional<bool> hotload,
+                       c10::ScalarType dtype, const torch::Device& device, bool verbose) {
+  const bool hot = hotload.value_or(vram_management_enabled(model));
+  if (hot && !vram_management_enabled(model))
+    throw Error("VRAM Management is not enabled. LoRA hotloading is not supported.");
+  const StateDict lora = load_lora_state_dict(file, dtype, device);
+  const LoRAPairs pairs = convert_lora(lora, model, file);
+  return hot ? hotload_lora(model, pairs, alpha, file, verbose) : fuse_lora(model, pairs, alpha, dtype, device, verbose);
+}
+
+std::int64_t clear_lora(const std::vector<Module*>& models, bool verbose) {
+  std::int64_t cleared = 0;
+  for (const Module* m : models) {
+    if (!m) continue;
+    for (const auto& w : vram_wrappers(*m))
+      if (w->clear_lora() > 0) ++cleared;
+  }
+  if (verbose) std::cout << cleared << " LoRA layers are cleared." << std::endl;
+  return cleared;
 }
 
 }  // namespace diffsynth

@@ -53,4 +53,20 @@ std::int64_t fuse_lora(Module& model, const LoRAPairs& lora, double alpha, c10::
 std::int64_t fuse_lora(Module& model, const std::string& file, double alpha, c10::ScalarType dtype,
                        const torch::Device& device, bool verbose = true);
 
+// LoRA hot-load (BasePipeline.load_lora with hotload): every pair is attached to the
+// AutoWrappedLinear wrapper of its layer as (lora_A * alpha, lora_B); base weights stay as they
+// are, several LoRAs stack, clear_lora removes them. Requires VRAM management on `model`
+// (otherwise the reference's ValueError text). Unlike the reference, a layer that has no
+// wrapped Linear is an error naming `source_name`, not silently skipped. Returns the number
+// of patched layers; prints the reference's message.
+std::int64_t hotload_lora(Module& model, const LoRAPairs& lora, double alpha, const std::string& source_name,
+                          bool verbose = true);
+// BasePipeline.load_lora: `hotload` defaults to whether VRAM management is enabled on `model`;
+// the file is read in `dtype` on `device` (the pipeline's), then hot-loaded or fused.
+std::int64_t load_lora(Module& model, const std::string& file, double alpha, std::optional<bool> hotload,
+                       c10::ScalarType dtype, const torch::Device& device, bool verbose = true);
+// BasePipeline.clear_lora: drops every hot-loaded pair of the models; returns the number of
+// layers that had any and prints "{n} LoRA layers are cleared.".
+std::int64_t clear_lora(const std::vector<Module*>& models, bool verbose = true);
+
 }  // namespace diffsynth
