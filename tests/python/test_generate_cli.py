@@ -113,3 +113,42 @@ def test_fp8_offload_runs_and_stays_close(tmp_path, diffsynth_bin):
     generate(diffsynth_bin, b, "--prompt", "a boat", "--seed", "5", "--offload", "cpu", "--offload-dtype", "float8_e4m3fn")
     ia, ib = np.array(Image.open(a)).astype(int), np.array(Image.open(b)).astype(int)
     assert ia.shape == ib.shape and not np.array_equal(ia, ib)  # fp8 storage rounds the weights
+
+
+def tiny_dit_lora(diffsynth_bin, path):
+    """A rank-4 LoRA on every Linear of the default tiny model's DiT blocks."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    models = os.path.join(os.path.dirname(diffsynth_bin), "..", "models", "tiny-qwen-image")
+    dit = load_file(os.path.join(models, "transformer", "diffusion_pytorch_model.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    lora = {}
+    for key, w in dit.items():
+        if key.startswith("transformer_blocks.") and key.endswith(".weight") and w.dim() == 2:
+            layer = key[: -len(".weight")]
+            lora[f"{layer}.lora_A.weight"] = torch.randn(4, w.shape[1], generator=g) / w.shape[1] ** 0.5
+            lora[f"{layer}.lora_B.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.3
+    save_file(lora, str(path))
+    return path
+
+
+def test_lora_hotloads_under_offload_and_equals_fused(tmp_path, diffsynth_bin):
+    """With VRAM management on, --lora hot-loads (the reference's default): the base weights stay as
+    stored and the image equals the fused one up to float32 rounding."""
+    lora = tiny_dit_lora(diffsynth_bin, tmp_path / "lora.safetensors")
+    base, fused, hot = tmp_path / "base.png", tmp_path / "fused.png", tmp_path / "hot.png"
+    common = ["--prompt", "a boat", "--seed", "5", "--dtype", "float32"]
+    generate(diffsynth_bin, base, *common)
+    generate(diffsynth_bin, fused, *common, "--lora", f"{lora}:0.8")
+    generate(diffsynth_bin, hot, *common, "--lora", f"{lora}:0.8", "--offload", "cpu")
+    assert json.loads(Image.open(fused).text["parameters"])["loras"][0]["hotload"] is False
+    assert json.loads(Image.open(hot).text["parameters"])["loras"][0]["hotload"] is True
+    ib, i_f, ih = (np.array(Image.open(p)).astype(int) for p in (base, fused, hot))
+    assert np.abs(ib - i_f).max() > 10  # the LoRA changes the image
+    assert np.abs(i_f - ih).max() <= 1
+
+
+def test_lora_hotload_needs_vram_management(tmp_path, diffsynth_bin):
+    lora = tiny_dit_lora(diffsynth_bin, tmp_path / "lora.safetensors")
+    p = generate(diffsynth_bin, tmp_path / "x.png", "--lora", lora, "--lora-mode", "hotload", check=False)
+    one_line_error(p, "VRAM Management is not enabled. LoRA hotloading is not supported.")

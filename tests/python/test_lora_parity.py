@@ -8,6 +8,12 @@ the DiT parity test's bound (4 bf16 ulps of the output scale). Key formats the r
 read (kohya underscore names, `transformer.` / `base_model.model.` prefixes) must give exactly the
 same result as the equivalent reference-readable file. A key that fits no module fails with exit 2
 and names the key.
+
+Hot-load: with VRAM management on the DiT (the reference's enable_vram_management with its
+QwenImageDiT module map), pipe.load_lora attaches the pairs to the AutoWrappedLinear layers; two
+LoRAs stack; pipe.clear_lora removes them. Our hot-loaded output must match the reference's
+hot-loaded output (same bounds as above), the base weights must be the file's, and after
+clear_lora the output must equal the reference's plain model_fn (same bounds).
 """
 import json
 
@@ -15,6 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffsynth.configs.vram_management_module_maps import VRAM_MANAGEMENT_MODULE_MAPS
+from diffsynth.core.vram.layers import enable_vram_management
+from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.qwen_image import QwenImagePipeline, model_fn_qwen_image
 import reference_models
 from conftest import run
@@ -183,3 +192,59 @@ def test_shape_mismatch_fails(tmp_path, parity_bin, setup):
     _, p = ours(tmp_path, parity_bin, path, "float32", 1.0, check=False)
     assert p.returncode == 2, p.stderr
     assert "shape mismatch" in p.stderr and "transformer_blocks.0.attn.to_q" in p.stderr, p.stderr
+
+
+def reference_model_fn(model, inputs, td):
+    cast = {k: (v.to(td) if v.is_floating_point() else v) for k, v in inputs.items()}
+    with torch.no_grad():
+        return model_fn_qwen_image(dit=model, latents=cast["latents"], timestep=cast["timestep"],
+                                   prompt_emb=cast["prompt_emb"], prompt_emb_mask=cast["prompt_emb_mask"],
+                                   height=64, width=64).float()
+
+
+def assert_close(got, ref, dtype, what):
+    scale = ref.abs().max().item()
+    diff = (got - ref).abs().max().item()
+    bound = 1e-5 * scale if dtype == "float32" else 4 * 2 ** -7 * scale
+    assert diff <= bound, (what, dtype, diff, scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_hotload_matches_reference(tmp_path, parity_bin, setup, dtype):
+    model, inputs, layers = setup
+    second = lora_weights(model, seed=2)
+    paths = [tmp_path / "first.safetensors", tmp_path / "second.safetensors"]
+    save_file(write(layers, "mixed"), str(paths[0]))
+    save_file(write(second, "peft"), str(paths[1]))
+    loras = [[str(paths[0]), 0.75], [str(paths[1]), -1.5]]
+    out = tmp_path / f"hot_{dtype}.safetensors"
+    p = run([parity_bin, "qwen_image_dit_lora_hotload", tmp_path / "dit.safetensors", tmp_path / "in.safetensors",
+             out, dtype, KWARGS, json.dumps({"loras": loras})])
+    got = load_file(str(out))
+    patched = f"{len(LAYERS)} tensors are patched by LoRA. You can use `pipe.clear_lora()` to clear all LoRA layers."
+    assert p.stdout.count(patched) == 2, p.stdout
+    assert f"{len(LAYERS)} LoRA layers are cleared." in p.stdout, p.stdout
+
+    td = getattr(torch, dtype)
+    model = model.to(td)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = reference_model_fn(model, inputs, td)
+    pool = ModelPool()
+    map_ = VRAM_MANAGEMENT_MODULE_MAPS["diffsynth.models.qwen_image_dit.QwenImageDiT"]
+    module_map = {pool.import_model_class(k): pool.import_model_class(v) for k, v in map_.items()}
+    config = {f"{s}_{f}": (td if f == "dtype" else "cpu") for s in ("offload", "onload", "preparing", "computation")
+              for f in ("dtype", "device")}
+    model = enable_vram_management(model, module_map, vram_config=config)
+    pipe = QwenImagePipeline(device="cpu", torch_dtype=td)
+    pipe.dit = model
+    for path, alpha in loras:
+        pipe.load_lora(model, path, alpha=alpha)  # hotload: the default under VRAM management
+    hot = reference_model_fn(model, inputs, td)
+    assert not torch.allclose(hot, plain, rtol=1e-2, atol=1e-2)
+    assert_close(got["out"], hot, dtype, "hot-loaded")
+    for name in LAYERS:
+        key = name + ".weight"
+        assert torch.equal(got["weight:" + key], base[key].float()), key
+    pipe.clear_lora()
+    assert torch.equal(reference_model_fn(model, inputs, td), plain)
+    assert_close(got["out_cleared"], plain, dtype, "cleared")
