@@ -20,6 +20,9 @@ void VRAMArgs::add(CLI::App& app) {
   app.add_option("--vram-config", vram_config,
                  "The reference's vram_config as JSON text or a .json file (offload_dtype, offload_device, onload_*, "
                  "preparing_*, computation_*); overrides the shorthand options");
+  app.add_option("--prefetch", prefetch,
+                 "Managed layers copied ahead of their call (CUDA: pinned staging + side stream; CPU: file reads "
+                 "for --offload disk on a worker thread); 0 = off; default 2 on CUDA, off on the CPU");
 }
 
 VRAMConfig VRAMArgs::config(const std::string& dtype, const std::string& device) const {
@@ -27,6 +30,8 @@ VRAMConfig VRAMArgs::config(const std::string& dtype, const std::string& device)
   c.computation_dtype = dtype_name(parse_dtype(dtype)).substr(6);
   c.computation_device = parse_device(device).str();
   if (vram_limit && !(*vram_limit >= 0)) throw Error("--vram-limit must be a number of GiB >= 0");
+  if (prefetch && *prefetch < 0) throw Error("--prefetch must be a number of layers >= 0");
+  set_vram_prefetch_layers(prefetch);
   if (!offload.empty() && offload != "cpu" && offload != "disk" && offload != "none")
     throw Error("--offload must be cpu, disk or none, got '" + offload + "'");
   if (!offload_dtype.empty() && offload != "cpu")

@@ -13,6 +13,7 @@ namespace diffsynth::cli {
 struct VRAMArgs {
   std::string offload, offload_dtype, vram_config;
   std::optional<double> vram_limit;
+  std::optional<int> prefetch;
   void add(CLI::App& app);
   // The VRAMConfig these options give, over the computation dtype/device; throws Error on bad values.
   VRAMConfig config(const std::string& dtype, const std::string& device) const;

@@ -1,6 +1,13 @@
 #include "core/vram/layers.h"
 
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <dlfcn.h>
+
 #include <atomic>
+#include <deque>
+#include <mutex>
 #include <unordered_set>
 
 #include "configs/vram_module_maps.h"
@@ -12,6 +19,12 @@ namespace diffsynth {
 
 namespace {
 std::atomic<std::int64_t> g_resident_bytes{0};
+std::atomic<int> g_prefetch_layers{-1};  // -1: the device's default
+// The wrapper whose weights were asked for last on this thread (order learning).
+thread_local std::weak_ptr<VRAMWrapper> t_last_called;
+// Wrappers holding prefetched copies, oldest first: at most depth + 1 at a time, so a wrong
+// prediction (module order before the first call) cannot pile up copies.
+thread_local std::deque<std::weak_ptr<VRAMWrapper>> t_prefetched;
 
 std::int64_t nbytes(const torch::Tensor& t) {
   return t.defined() ? static_cast<std::int64_t>(t.numel()) * static_cast<std::int64_t>(t.element_size()) : 0;
@@ -37,6 +50,31 @@ VRAMPlace place(const std::optional<std::string>& dtype, const std::optional<std
 std::string VRAMPlace::str() const { return disk ? "disk" : dtype_name(dtype) + " on " + device.str(); }
 
 std::int64_t vram_resident_bytes() { return g_resident_bytes.load(); }
+
+int vram_prefetch_layers(const torch::Device& computation_device) {
+  const int n = g_prefetch_layers.load();
+  // On the CPU, reading ahead on a worker thread measured slower than reading in line
+  // (BENCHMARKS.md, disk-offload prefetch): off unless asked for.
+  if (n < 0) return computation_device.is_cuda() ? 2 : 0;
+  return n;
+}
+void set_vram_prefetch_layers(std::optional<int> n) {
+  if (n && *n < 0) throw Error("prefetch: the number of layers must be >= 0");
+  g_prefetch_layers = n ? *n : -1;
+}
+
+std::optional<std::pair<std::int64_t, std::int64_t>> device_mem_info(const torch::Device& device) {
+  if (!device.is_cuda()) return std::nullopt;
+  // The CUDA runtime is in the process when libtorch_cuda is; looked up at run time so the
+  // CPU-only link needs no CUDA headers or libraries.
+  using MemGetInfo = int (*)(std::size_t*, std::size_t*);
+  static const MemGetInfo mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+  if (!mem_get_info) return std::nullopt;
+  c10::DeviceGuard guard(device);
+  std::size_t free = 0, total = 0;
+  if (mem_get_info(&free, &total) != 0) return std::nullopt;
+  return std::make_pair(static_cast<std::int64_t>(free), static_cast<std::int64_t>(total));
+}
 
 ResolvedVRAMConfig ResolvedVRAMConfig::resolve(const VRAMConfig& c, std::optional<double> vram_limit) {
   ResolvedVRAMConfig r;
@@ -89,9 +127,9 @@ std::shared_ptr<VRAMWrapper> VRAMWrapper::wrap(Module& module, const std::string
   return w;
 }
 
-VRAMWrapper::Entry& VRAMWrapper::entry(const std::string& name) {
-  for (auto& e : entries_)
-    if (e.name == name) return e;
+std::size_t VRAMWrapper::entry_index(const std::string& name) const {
+  for (std::size_t i = 0; i < entries_.size(); ++i)
+    if (entries_[i].name == name) return i;
   throw Error("internal: VRAM wrapper '" + name_ + "' has no parameter '" + name + "'");
 }
 
@@ -123,33 +161,50 @@ void VRAMWrapper::place_all(const VRAMPlace& p) {
 }
 
 void VRAMWrapper::offload() {
+  pending_.clear();
   if (state_ == 0) return;
   place_all(config_.offload);
   state_ = 0;
 }
 
 void VRAMWrapper::onload() {
+  pending_.clear();
   if (state_ >= 1) return;
   place_all(config_.onload);
   state_ = 1;
 }
 
 void VRAMWrapper::preparing() {
+  pending_.clear();
   if (state_ == 2) return;
   place_all(config_.preparing);
   state_ = 2;
 }
 
 bool VRAMWrapper::check_free_vram() const {
-  // The reference asks the driver (mem_get_info: device-wide used memory). Here: the bytes of
-  // weights managed layers hold outside file mappings, which is what is measurable on a CPU.
-  const double used_gib = static_cast<double>(vram_resident_bytes()) / (1024.0 * 1024.0 * 1024.0);
-  return used_gib < *config_.vram_limit;
+  // The reference: device-wide used memory from the driver (mem_get_info). Devices without such
+  // a query (the CPU): the bytes of weights managed layers hold outside file mappings.
+  double used = static_cast<double>(vram_resident_bytes());
+  if (const auto info = device_mem_info(config_.computation_device))
+    used = static_cast<double>(info->second - info->first);
+  return used / (1024.0 * 1024.0 * 1024.0) < *config_.vram_limit;
 }
 
-torch::Tensor VRAMWrapper::compute(const std::string& name) {
-  if (state_ == 1 && (!config_.vram_limit || check_free_vram())) preparing();
-  Entry& e = entry(name);
+bool VRAMWrapper::copies(const Entry& e) const {
+  if (e.on_disk) return true;
+  const auto& s = e.owner->param(e.leaf);
+  if (!s.defined()) return false;
+  const auto dtype = s.is_floating_point() ? config_.computation_dtype : s.scalar_type();
+  return s.scalar_type() != dtype || s.device() != config_.computation_device;
+}
+
+bool VRAMWrapper::prefetchable(const Entry& e) const {
+  if (!copies(e)) return false;
+  if (config_.computation_device.is_cuda()) return e.on_disk || e.owner->param(e.leaf).device().is_cpu();
+  return e.on_disk;  // CPU computation: only file reads are worth a worker thread
+}
+
+torch::Tensor VRAMWrapper::computation_copy(const Entry& e) const {
   if (e.on_disk) {
     // load_from_disk(computation_dtype, computation_device): a temporary, then the file's pages
     // are dropped from this process.
@@ -161,13 +216,130 @@ torch::Tensor VRAMWrapper::compute(const std::string& name) {
     return t;
   }
   const torch::Tensor& s = e.owner->param(e.leaf);
-  if (!s.defined()) return s;
   const auto dtype = s.is_floating_point() ? config_.computation_dtype : s.scalar_type();
-  if (s.scalar_type() == dtype && s.device() == config_.computation_device) return s;
   // AutoTorchModule.cast_to: empty_like(dtype, device) + copy_ (a plain cast).
   auto r = torch::empty_like(s, torch::TensorOptions().dtype(dtype).device(config_.computation_device));
   r.copy_(s);
   return r;
+}
+
+torch::Tensor VRAMWrapper::compute(const std::string& name) {
+  if (state_ == 1 && (!config_.vram_limit || check_free_vram())) preparing();
+  const std::size_t index = entry_index(name);
+  called();
+  Entry& e = entries_[index];
+  if (!copies(e)) {
+    // Stored as computed with (promoted, or never offloaded): a pending copy is not needed.
+    return e.owner->param(e.leaf);
+  }
+  if (auto t = take_pending(index)) return *t;
+  return computation_copy(e);
+}
+
+void VRAMWrapper::called() {
+  auto last = t_last_called.lock();
+  if (last.get() == this) return;  // another parameter of the same call
+  auto self = shared_from_this();
+  if (last) last->next_ = self;
+  t_last_called = self;
+  const int depth = vram_prefetch_layers(config_.computation_device);
+  VRAMWrapper* w = this;
+  for (int i = 0; i < depth; ++i) {
+    auto next = w->next_.lock();
+    if (!next || next.get() == this) break;
+    next->prefetch();
+    w = next.get();
+  }
+}
+
+void VRAMWrapper::prefetch() {
+  // The state this wrapper will compute in: a call in state 1 below the limit promotes first,
+  // and then copies nothing, so nothing is started for it.
+  if (state_ == 1 && (!config_.vram_limit || check_free_vram())) return;
+  const bool cuda = config_.computation_device.is_cuda();
+  for (std::size_t i = 0; i < entries_.size(); ++i) {
+    const Entry& e = entries_[i];
+    if (!prefetchable(e)) continue;
+    bool started = false;
+    for (const auto& p : pending_) started = started || p.entry == i;
+    if (started) continue;
+    Pending p{i, {}, {}, {}};
+    if (cuda) {
+      // Pinned staging in the computation dtype (the cast and any file read happen here, on the
+      // host), then an asynchronous copy on a side stream into memory allocated on the compute
+      // stream: the caching allocator then owns it for the stream that uses and frees it.
+      const torch::Tensor& src = e.on_disk ? e.disk_view : e.owner->param(e.leaf);
+      const auto dtype = src.is_floating_point() ? config_.computation_dtype : src.scalar_type();
+      auto staging = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).pinned_memory(true));
+      staging.copy_(src);
+      if (e.on_disk && src.is_contiguous())
+        MappedFile::release_if_mapped(src.data_ptr(), static_cast<std::size_t>(nbytes(src)));
+      const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+      const c10::Stream compute_stream = impl.getStream(config_.computation_device);
+      static std::mutex side_mutex;
+      static std::unordered_map<c10::DeviceIndex, c10::Stream> side_streams;
+      c10::Stream side = compute_stream;
+      {
+        std::lock_guard<std::mutex> lock(side_mutex);
+        auto it = side_streams.find(config_.computation_device.index());
+        if (it == side_streams.end())
+          it = side_streams.emplace(config_.computation_device.index(),
+                                    impl.getStreamFromGlobalPool(config_.computation_device)).first;
+        side = it->second;
+      }
+      auto dst = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).device(config_.computation_device));
+      c10::Event allocated(c10::DeviceType::CUDA);
+      allocated.record(compute_stream);
+      allocated.block(side);  // the memory may have been freed by kernels still queued there
+      {
+        c10::StreamGuard on_side(side);
+        dst.copy_(staging, /*non_blocking=*/true);  // the host allocator keeps `staging` until done
+      }
+      p.ready = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
+      p.ready->record(side);
+      p.value = dst;
+    } else {
+      const torch::Tensor view = e.disk_view;
+      const auto dtype = view.is_floating_point() ? config_.computation_dtype : view.scalar_type();
+      const auto device = config_.computation_device;
+      p.job = std::async(std::launch::async, [view, dtype, device] {
+                torch::Tensor t = view.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+                if (view.is_contiguous())
+                  MappedFile::release_if_mapped(view.data_ptr(), static_cast<std::size_t>(nbytes(view)));
+                return t;
+              }).share();
+    }
+    pending_.push_back(std::move(p));
+    ++prefetch_started_;
+  }
+  if (pending_.empty()) return;
+  auto self = shared_from_this();
+  const auto current = t_last_called.lock();  // being called now: its copies are in use
+  std::erase_if(t_prefetched, [&](const std::weak_ptr<VRAMWrapper>& w) {
+    auto l = w.lock();
+    return !l || l == self || l == current || l->pending_.empty();
+  });
+  while (t_prefetched.size() >= static_cast<std::size_t>(std::max(vram_prefetch_layers(config_.computation_device), 1))) {
+    if (auto oldest = t_prefetched.front().lock()) oldest->pending_.clear();
+    t_prefetched.pop_front();
+  }
+  t_prefetched.push_back(self);
+}
+
+std::optional<torch::Tensor> VRAMWrapper::take_pending(std::size_t index) {
+  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+    if (it->entry != index) continue;
+    Pending p = std::move(*it);
+    pending_.erase(it);
+    ++prefetch_used_;
+    if (p.ready) {
+      const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+      p.ready->block(impl.getStream(config_.computation_device));
+      return p.value;
+    }
+    return p.job.get();
+  }
+  return std::nullopt;
 }
 
 void VRAMWrapper::store(const std::string& name, torch::Tensor t) {
@@ -269,7 +441,12 @@ std::size_t enable_vram_management(Module& model, const std::string& class_name,
     VRAMWrapper::wrap(model, "", ResolvedVRAMConfig::resolve(filled, vram_limit), from_disk);
     return 1;
   }
-  return wrap_recursively(model, *module_map, ResolvedVRAMConfig::resolve(vram_config, vram_limit), from_disk, "");
+  const std::size_t n =
+      wrap_recursively(model, *module_map, ResolvedVRAMConfig::resolve(vram_config, vram_limit), from_disk, "");
+  // Until the first call shows the real order, prefetch follows the module order.
+  const auto wrappers = vram_wrappers(model);
+  for (std::size_t i = 0; i + 1 < wrappers.size(); ++i) wrappers[i]->set_next(wrappers[i + 1]);
+  return n;
 }
 
 std::vector<std::shared_ptr<VRAMWrapper>> vram_wrappers(const Module& model) {

@@ -15,11 +15,25 @@
 // The temporary is a local of the layer's forward and is freed when it returns.
 // Beyond the reference: computation() looks at where the weight actually is rather than
 // assuming the onload pair, so a model still in the offload state computes correctly too.
+//
+// Beyond the reference: prefetch. Wrappers learn the order in which they are called (each
+// remembers which wrapper was called after it; module order until the first call). When one is called, the copies of the next
+// `vram_prefetch_layers()` wrappers are started ahead of their calls:
+//   * CUDA computation, weights on the CPU or on disk: each weight is cast into a pinned host
+//     staging buffer, then copied to the GPU on a side stream, so the copy overlaps the current
+//     layer's kernels; the layer's call makes the compute stream wait for that copy only;
+//   * CPU computation, weights on disk (only when asked for: it measured slower on a 2-core
+//     machine): a worker thread reads the next layers from the file mapping into the
+//     computation dtype while this one computes.
+// A prefetched copy is exactly what the call would have made; it is dropped when the wrapper
+// changes state (offload / onload / preparing).
 #pragma once
+#include <c10/core/Event.h>
 #include <torch/torch.h>
 
 #include <atomic>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -59,7 +73,16 @@ struct ResolvedVRAMConfig {
 // without a driver query this process's accounting is what vram_limit is compared with.
 std::int64_t vram_resident_bytes();
 
-class VRAMWrapper {
+// How many wrappers ahead are prefetched for a computation device (0: off). Unset: 2 on CUDA,
+// 0 on the CPU. Set by --prefetch.
+int vram_prefetch_layers(const torch::Device& computation_device);
+void set_vram_prefetch_layers(std::optional<int> n);
+
+// Device-wide (free, total) bytes from the CUDA runtime (torch.cuda.mem_get_info), or nothing
+// on devices without such a query or in a build without CUDA.
+std::optional<std::pair<std::int64_t, std::int64_t>> device_mem_info(const torch::Device& device);
+
+class VRAMWrapper : public std::enable_shared_from_this<VRAMWrapper> {
  public:
   VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config,
               VRAMWrapperKind kind = VRAMWrapperKind::AutoWrappedModule);
@@ -99,6 +122,12 @@ class VRAMWrapper {
   // out + sum over pairs of (x @ A^T) @ B^T, the pairs cast to x's dtype and device.
   torch::Tensor lora_forward(const torch::Tensor& x, torch::Tensor out) const;
 
+  // Prefetch bookkeeping, for tests and benchmarks: copies started ahead and used.
+  std::int64_t prefetch_started() const { return prefetch_started_; }
+  std::int64_t prefetch_used() const { return prefetch_used_; }
+  // The wrapper expected to be called after this one (learned from calls; seeded in module order).
+  void set_next(const std::shared_ptr<VRAMWrapper>& next) { next_ = next; }
+
  private:
   struct Entry {
     Module* owner;
@@ -106,7 +135,22 @@ class VRAMWrapper {
     torch::Tensor disk_view;  // the file mapping view (disk offload), kept to reload from
     bool on_disk = false;     // the slot holds disk_view
   };
-  Entry& entry(const std::string& name);
+  // A copy started ahead of the call: ready when `job` (CPU) or `ready` (CUDA) is.
+  struct Pending {
+    std::size_t entry;
+    torch::Tensor value;
+    std::shared_future<torch::Tensor> job;
+    std::shared_ptr<c10::Event> ready;
+  };
+  std::size_t entry_index(const std::string& name) const;
+  Entry& entry(const std::string& name) { return entries_[entry_index(name)]; }
+  // Whether computing with entry `e` copies, and whether that copy can be started ahead.
+  bool copies(const Entry& e) const;
+  bool prefetchable(const Entry& e) const;
+  torch::Tensor computation_copy(const Entry& e) const;  // the synchronous copy
+  void called();                                         // order learning, prefetch of what follows
+  void prefetch();
+  std::optional<torch::Tensor> take_pending(std::size_t index);
   void place_all(const VRAMPlace& p);
   void set_slot(Entry& e, torch::Tensor t, bool on_disk);
 
@@ -117,6 +161,9 @@ class VRAMWrapper {
   int state_ = 0;
   std::vector<Entry> entries_;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> lora_;  // (lora_A * alpha, lora_B)
+  std::weak_ptr<VRAMWrapper> next_;                             // called after this one last time
+  std::vector<Pending> pending_;
+  std::int64_t prefetch_started_ = 0, prefetch_used_ = 0;
   std::int64_t accounted_ = 0;  // bytes this wrapper adds to vram_resident_bytes()
 };
 

@@ -141,3 +141,58 @@ TEST(VRAM, DiskOffloadKeepsWeightsInTheFileAndPromotionHonoursTheLimit) {
   vram_offload(*dit);
   for (const auto& w : vram_wrappers(*dit)) EXPECT_EQ(w->state(), 0);
 }
+
+namespace {
+std::int64_t total(const Module& m, std::int64_t (VRAMWrapper::*counter)() const) {
+  std::int64_t n = 0;
+  for (const auto& w : vram_wrappers(m)) n += ((*w).*counter)();
+  return n;
+}
+}  // namespace
+
+TEST(VRAM, DiskPrefetchLearnsTheCallOrderAndChangesNothing) {
+  TempDir dir;
+  const auto path = dir.path("dit.safetensors");
+  write_dit(path, false);
+  const VRAMRun base = run(path, VRAMConfig::default_config(), torch::kBFloat16);
+
+  for (int depth : {0, 1, 3}) {
+    set_vram_prefetch_layers(depth);
+    std::ostringstream log;
+    ModelPool pool(log);
+    pool.auto_load_model({path}, config("disk", "disk", "bfloat16"), std::nullopt);
+    auto dit = std::dynamic_pointer_cast<QwenImageDiTImpl>(pool.fetch_model("qwen_image_dit"));
+    vram_onload(*dit);
+    torch::NoGradGuard ng;
+    torch::manual_seed(1);
+    QwenImageDiTInputs in;
+    in.latents = torch::randn({1, 16, 8, 8}).to(torch::kBFloat16);
+    in.prompt_emb = torch::randn({1, 5, 48}).to(torch::kBFloat16);
+    in.prompt_emb_mask = torch::ones({1, 5}, torch::kLong);
+    in.timestep = torch::full({1}, 500.0, torch::TensorOptions().dtype(torch::kBFloat16));
+    // The first call learns the order (predicting module order until then); later calls read
+    // the next layers ahead.
+    EXPECT_TRUE(torch::equal(dit->model_fn(in), base.out)) << "depth " << depth;
+    const auto started1 = total(*dit, &VRAMWrapper::prefetch_started);
+    const auto used1 = total(*dit, &VRAMWrapper::prefetch_used);
+    for (int i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(dit->model_fn(in), base.out)) << "depth " << depth;
+    const auto started = total(*dit, &VRAMWrapper::prefetch_started) - started1;
+    const auto used = total(*dit, &VRAMWrapper::prefetch_used) - used1;
+    if (depth == 0) {
+      EXPECT_EQ(started1 + started, 0);
+    } else {
+      // Nearly every weight of the second and third call came from a prefetch (the first layer
+      // of a call follows the last layer of the one before) ...
+      const auto params = static_cast<std::int64_t>(dit->parameters().size());
+      EXPECT_GE(used, 2 * (params - 2)) << "depth " << depth;
+      // ... and, once the order is known, almost nothing is read for nothing.
+      EXPECT_LE(started - used, 2 * depth + 2) << "depth " << depth;
+    }
+    EXPECT_EQ(stored_weight_bytes(*dit).first, 0);  // prefetched copies are temporaries, not stored
+    vram_offload(*dit);
+  }
+  // Unset: off on the CPU (it measured slower there), 2 on CUDA.
+  set_vram_prefetch_layers(std::nullopt);
+  EXPECT_EQ(vram_prefetch_layers(torch::kCPU), 0);
+  EXPECT_EQ(vram_prefetch_layers(torch::Device(torch::kCUDA, 0)), 2);
+}

@@ -73,6 +73,7 @@ def test_offload_configs_match_resident(diffsynth_bin, tmp_path):
     assert forward(diffsynth_bin, path, "--offload", "cpu")[0] == base
     assert forward(diffsynth_bin, path, "--offload", "disk")[0] == base
     assert forward(diffsynth_bin, path, "--offload", "disk", "--vram-limit", "0")[0] == base
+    assert forward(diffsynth_bin, path, "--offload", "disk", "--prefetch", "3")[0] == base
     assert forward(diffsynth_bin, path, "--vram-config", '{"offload_dtype": "disk", "offload_device": "disk"}')[0] == base
     assert forward(diffsynth_bin, path, "--offload", "cpu", "--offload-dtype", "fp8")[0] != base
 
@@ -84,6 +85,7 @@ def test_offload_configs_match_resident(diffsynth_bin, tmp_path):
     (["--vram-limit", "4"], "--vram-limit needs --offload"),
     (["--vram-config", '{"offload_dtyp": "disk"}'], "unknown field 'offload_dtyp'"),
     (["--latents", "1x16x8"], "--latents"),
+    (["--offload", "disk", "--prefetch", "-1"], "--prefetch must be a number of layers >= 0"),
 ])
 def test_bad_options(diffsynth_bin, tmp_path, opts, msg):
     p = run([diffsynth_bin, "forward", str(tmp_path / "missing.safetensors"), *opts], check=False)
