@@ -8,6 +8,11 @@
 // random weights) as a model folder: DIR/{transformer,text_encoder,vae}/*.safetensors. Each file
 // carries its config entry in its metadata (the table has no hash for these sizes), so ModelPool
 // loads it like a real checkpoint. The build writes one for the default `diffsynth generate`.
+//
+// diffsynth_make_example --qwen-image-dit OUT.safetensors NUM_LAYERS
+// Writes the Qwen-Image DiT at full width with NUM_LAYERS blocks, random bf16 weights and its
+// config in the metadata: the reduced DiT the VRAM benchmarks run (no Python needed, e.g. on a
+// GPU machine without the reference installed).
 #include <filesystem>
 #include <iostream>
 
@@ -61,7 +66,7 @@ void write_tiny(const std::filesystem::path& file, const std::string& model_name
   std::filesystem::create_directories(file.parent_path());
   save_safetensors(file.string(), tensors,
                    {{"format", "pt"},
-                    {"generator", "diffsynth_make_example --tiny-qwen-image (random weights)"},
+                    {"generator", "diffsynth_make_example (random weights)"},
                     {kModelConfigMetadataKey, config.dump()}});
   std::cout << "wrote " << file.string() << " (" << model_name << ", hash " << hash_model_file({file.string()}) << ")\n";
 }
@@ -88,6 +93,19 @@ void make_tiny_qwen_image(const std::filesystem::path& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "--qwen-image-dit") {
+    try {
+      const int layers = std::stoi(argv[3]);
+      if (layers < 1) throw Error("NUM_LAYERS must be >= 1");
+      torch::manual_seed(0);
+      write_tiny(argv[2], "qwen_image_dit", "diffsynth.models.qwen_image_dit.QwenImageDiT", {{"num_layers", layers}},
+                 nullptr, false);
+    } catch (const std::exception& e) {
+      std::cerr << "diffsynth_make_example: error: " << e.what() << "\n";
+      return 2;
+    }
+    return 0;
+  }
   if (argc == 3 && std::string(argv[1]) == "--tiny-qwen-image") {
     try {
       make_tiny_qwen_image(argv[2]);
@@ -98,7 +116,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc < 2 || argc > 3) {
-    std::cerr << "usage: diffsynth_make_example OUT.safetensors [MODEL_HASH]\n       diffsynth_make_example --tiny-qwen-image DIR\n";
+    std::cerr << "usage: diffsynth_make_example OUT.safetensors [MODEL_HASH]\n       diffsynth_make_example --tiny-qwen-image DIR\n"
+                 "       diffsynth_make_example --qwen-image-dit OUT.safetensors NUM_LAYERS\n";
     return 2;
   }
   try {
