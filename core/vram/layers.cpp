@@ -99,7 +99,14 @@ ResolvedVRAMConfig ResolvedVRAMConfig::resolve(const VRAMConfig& c, std::optiona
 VRAMWrapper::VRAMWrapper(Module& module, std::string name, ResolvedVRAMConfig config, VRAMWrapperKind kind)
     : module_(&module), name_(std::move(name)), config_(std::move(config)), kind_(kind) {}
 
-VRAMWrapper::~VRAMWrapper() { g_resident_bytes -= accounted_; }
+VRAMWrapper::~VRAMWrapper() {
+  g_resident_bytes -= accounted_;
+  try {
+    drop_pending();
+  } catch (...) {
+    // At process exit the CUDA runtime may already be gone; nothing is left to order then.
+  }
+}
 
 std::shared_ptr<VRAMWrapper> VRAMWrapper::wrap(Module& module, const std::string& name,
                                                const ResolvedVRAMConfig& config, bool from_disk,
@@ -152,8 +159,17 @@ void VRAMWrapper::place_all(const VRAMPlace& p) {
     if (!src.defined()) continue;
     // nn.Module.to(dtype) converts floating tensors only.
     const auto dtype = src.is_floating_point() ? p.dtype : src.scalar_type();
-    if (!e.on_disk && src.scalar_type() == dtype && src.device() == p.device) continue;
-    torch::Tensor t = src.to(p.device, dtype, /*non_blocking=*/false, /*copy=*/true);
+    // Weights kept in CPU memory for a CUDA computation are pinned when prefetch is on, so the
+    // side stream copies them straight to the GPU (no staging, full DMA speed).
+    const bool pin = p.device.is_cpu() && pins_host_weights();
+    if (!e.on_disk && src.scalar_type() == dtype && src.device() == p.device && (!pin || src.is_pinned())) continue;
+    torch::Tensor t;
+    if (pin) {
+      t = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).pinned_memory(true));
+      t.copy_(src);
+    } else {
+      t = src.to(p.device, dtype, /*non_blocking=*/false, /*copy=*/true);
+    }
     if (e.on_disk && src.is_contiguous() && src.device().is_cpu())
       MappedFile::release_if_mapped(src.data_ptr(), static_cast<std::size_t>(nbytes(src)));
     set_slot(e, std::move(t), false);
@@ -161,21 +177,21 @@ void VRAMWrapper::place_all(const VRAMPlace& p) {
 }
 
 void VRAMWrapper::offload() {
-  pending_.clear();
+  drop_pending();
   if (state_ == 0) return;
   place_all(config_.offload);
   state_ = 0;
 }
 
 void VRAMWrapper::onload() {
-  pending_.clear();
+  drop_pending();
   if (state_ >= 1) return;
   place_all(config_.onload);
   state_ = 1;
 }
 
 void VRAMWrapper::preparing() {
-  pending_.clear();
+  drop_pending();
   if (state_ == 2) return;
   place_all(config_.preparing);
   state_ = 2;
@@ -188,6 +204,10 @@ bool VRAMWrapper::check_free_vram() const {
   if (const auto info = device_mem_info(config_.computation_device))
     used = static_cast<double>(info->second - info->first);
   return used / (1024.0 * 1024.0 * 1024.0) < *config_.vram_limit;
+}
+
+bool VRAMWrapper::pins_host_weights() const {
+  return config_.computation_device.is_cuda() && vram_prefetch_layers(config_.computation_device) > 0;
 }
 
 bool VRAMWrapper::copies(const Entry& e) const {
@@ -265,15 +285,21 @@ void VRAMWrapper::prefetch() {
     if (started) continue;
     Pending p{i, {}, {}, {}};
     if (cuda) {
-      // Pinned staging in the computation dtype (the cast and any file read happen here, on the
-      // host), then an asynchronous copy on a side stream into memory allocated on the compute
-      // stream: the caching allocator then owns it for the stream that uses and frees it.
+      // Host side: the weight itself when it is pinned (onload in CPU memory), else a pinned
+      // staging copy in its stored dtype (read from the file for disk offload). Device side: an
+      // asynchronous copy on a side stream, then the cast to the computation dtype there too (so
+      // fp8 storage crosses the bus at half the bytes). The GPU memory is allocated on the compute
+      // stream, which uses and frees it; the side stream first waits for what the compute stream
+      // has queued (the memory may have just been freed by it).
       const torch::Tensor& src = e.on_disk ? e.disk_view : e.owner->param(e.leaf);
       const auto dtype = src.is_floating_point() ? config_.computation_dtype : src.scalar_type();
-      auto staging = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).pinned_memory(true));
-      staging.copy_(src);
-      if (e.on_disk && src.is_contiguous())
-        MappedFile::release_if_mapped(src.data_ptr(), static_cast<std::size_t>(nbytes(src)));
+      torch::Tensor host = src;
+      if (!src.is_pinned()) {
+        host = torch::empty(src.sizes(), torch::TensorOptions().dtype(src.scalar_type()).pinned_memory(true));
+        host.copy_(src);
+        if (e.on_disk && src.is_contiguous())
+          MappedFile::release_if_mapped(src.data_ptr(), static_cast<std::size_t>(nbytes(src)));
+      }
       const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
       const c10::Stream compute_stream = impl.getStream(config_.computation_device);
       static std::mutex side_mutex;
@@ -287,17 +313,26 @@ void VRAMWrapper::prefetch() {
                                     impl.getStreamFromGlobalPool(config_.computation_device)).first;
         side = it->second;
       }
-      auto dst = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).device(config_.computation_device));
+      const auto on_gpu = torch::TensorOptions().device(config_.computation_device);
+      auto dst = torch::empty(src.sizes(), on_gpu.dtype(dtype));
+      torch::Tensor raw = host.scalar_type() == dtype ? torch::Tensor() : torch::empty(src.sizes(), on_gpu.dtype(host.scalar_type()));
       c10::Event allocated(c10::DeviceType::CUDA);
       allocated.record(compute_stream);
-      allocated.block(side);  // the memory may have been freed by kernels still queued there
+      allocated.block(side);
       {
         c10::StreamGuard on_side(side);
-        dst.copy_(staging, /*non_blocking=*/true);  // the host allocator keeps `staging` until done
+        // The host allocator keeps a staging buffer alive until this copy is done.
+        if (raw.defined()) {
+          raw.copy_(host, /*non_blocking=*/true);
+          dst.copy_(raw);
+        } else {
+          dst.copy_(host, /*non_blocking=*/true);
+        }
       }
       p.ready = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
       p.ready->record(side);
       p.value = dst;
+      p.keep = raw;  // freed only after the compute stream has waited for the side stream
     } else {
       const torch::Tensor view = e.disk_view;
       const auto dtype = view.is_floating_point() ? config_.computation_dtype : view.scalar_type();
@@ -320,10 +355,21 @@ void VRAMWrapper::prefetch() {
     return !l || l == self || l == current || l->pending_.empty();
   });
   while (t_prefetched.size() >= static_cast<std::size_t>(std::max(vram_prefetch_layers(config_.computation_device), 1))) {
-    if (auto oldest = t_prefetched.front().lock()) oldest->pending_.clear();
+    if (auto oldest = t_prefetched.front().lock()) oldest->drop_pending();
     t_prefetched.pop_front();
   }
   t_prefetched.push_back(self);
+}
+
+void VRAMWrapper::drop_pending() {
+  // Device memory written by the side stream returns to the compute stream's pool when freed:
+  // the compute stream must not reuse it before those copies are done.
+  for (auto& p : pending_)
+    if (p.ready) {
+      const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+      p.ready->block(impl.getStream(config_.computation_device));
+    }
+  pending_.clear();
 }
 
 std::optional<torch::Tensor> VRAMWrapper::take_pending(std::size_t index) {

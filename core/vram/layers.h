@@ -19,9 +19,10 @@
 // Beyond the reference: prefetch. Wrappers learn the order in which they are called (each
 // remembers which wrapper was called after it; module order until the first call). When one is called, the copies of the next
 // `vram_prefetch_layers()` wrappers are started ahead of their calls:
-//   * CUDA computation, weights on the CPU or on disk: each weight is cast into a pinned host
-//     staging buffer, then copied to the GPU on a side stream, so the copy overlaps the current
-//     layer's kernels; the layer's call makes the compute stream wait for that copy only;
+//   * CUDA computation, weights on the CPU or on disk: weights kept in CPU memory are pinned
+//     (file reads go through a pinned staging buffer), copied to the GPU in their stored dtype
+//     on a side stream and cast there, so the copy overlaps the current layer's kernels; the
+//     layer's call makes the compute stream wait for that copy only;
 //   * CPU computation, weights on disk (only when asked for: it measured slower on a 2-core
 //     machine): a worker thread reads the next layers from the file mapping into the
 //     computation dtype while this one computes.
@@ -141,16 +142,19 @@ class VRAMWrapper : public std::enable_shared_from_this<VRAMWrapper> {
     torch::Tensor value;
     std::shared_future<torch::Tensor> job;
     std::shared_ptr<c10::Event> ready;
+    torch::Tensor keep;  // device memory the side stream still uses (CUDA)
   };
   std::size_t entry_index(const std::string& name) const;
   Entry& entry(const std::string& name) { return entries_[entry_index(name)]; }
   // Whether computing with entry `e` copies, and whether that copy can be started ahead.
   bool copies(const Entry& e) const;
   bool prefetchable(const Entry& e) const;
+  bool pins_host_weights() const;
   torch::Tensor computation_copy(const Entry& e) const;  // the synchronous copy
   void called();                                         // order learning, prefetch of what follows
   void prefetch();
   std::optional<torch::Tensor> take_pending(std::size_t index);
+  void drop_pending();
   void place_all(const VRAMPlace& p);
   void set_slot(Entry& e, torch::Tensor t, bool on_disk);
 
