@@ -58,20 +58,6 @@ torch::Tensor fit(const torch::Tensor& image, std::int64_t width, std::int64_t h
   return resize_pil(image, width, height);
 }
 
-std::pair<std::string, double> split_lora(const std::string& spec) {
-  // FILE[:alpha]; a colon belonging to the path (no number after it) stays in the path.
-  const auto colon = spec.rfind(':');
-  if (colon != std::string::npos && colon + 1 < spec.size()) {
-    try {
-      std::size_t used = 0;
-      const double alpha = std::stod(spec.substr(colon + 1), &used);
-      if (used == spec.size() - colon - 1) return {spec.substr(0, colon), alpha};
-    } catch (const std::exception&) {
-    }
-  }
-  return {spec, 1.0};
-}
-
 void check_multiple(std::int64_t v, const char* name) {
   if (v < 16) throw Error(std::string("--") + name + " " + std::to_string(v) + " is too small (at least 16)");
   if (v % 16 != 0)
@@ -104,12 +90,7 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("--controlnet", a.controlnets, "Blockwise ControlNet file(s) (repeat for several)");
   g.add_option("--control-image", a.control_images, "Control image PNG (one per --controlnet, in order)");
   g.add_option("--control-scale", a.control_scales, "ControlNet scale (one for all, or one per control image)");
-  g.add_option("--lora", a.loras, "LoRA file for the DiT, FILE[:alpha] (repeat for several; they stack)");
-  g.add_option("--lora-mode", a.lora_mode,
-               "auto: hot-load onto the wrapped layers when VRAM management is on (--offload, --vram-limit, "
-               "--vram-config), else fuse into the weights; fuse; hotload")
-      ->check(CLI::IsMember({"auto", "fuse", "hotload"}))
-      ->capture_default_str();
+  a.lora.add(g);
   g.add_option("--exponential-shift-mu", a.exponential_shift_mu, "Scheduler shift mu (default: from the image size)");
   g.add_flag("--tiled", a.tiled, "VAE encode/decode in tiles (bounded memory for large images)");
   g.add_option("--dtype", a.dtype, "Model and computation dtype (bfloat16, float32, float16)")->capture_default_str();
@@ -183,17 +164,8 @@ int cmd_generate(const GenerateArgs& a) {
     throw Error("--controlnet: expected " + std::to_string(a.controlnets.size()) + " Blockwise ControlNet model(s), " +
                 std::to_string(pipe->blockwise_controlnet.size()) + " loaded");
 
-  nlohmann::ordered_json lora_info = nlohmann::ordered_json::array();
-  for (const auto& spec : a.loras) {
-    const auto [file, alpha] = split_lora(spec);
-    // The reference's default: hot-loaded when the DiT is VRAM-managed, else fused.
-    std::optional<bool> hotload;
-    if (a.lora_mode == "fuse") hotload = false;
-    else if (a.lora_mode == "hotload") hotload = true;
-    const bool hot = hotload.value_or(vram_management_enabled(*pipe->dit));
-    pipe->load_lora(*pipe->dit, file, alpha, hotload, !a.quiet);
-    lora_info.push_back({{"file", fs::path(file).filename().string()}, {"alpha", alpha}, {"hotload", hot}});
-  }
+  // BasePipeline.load_lora: in the pipeline dtype on its device.
+  const nlohmann::ordered_json lora_info = a.lora.apply(*pipe->dit, pipe->dtype, pipe->device, !a.quiet);
 
   QwenImageInputs in;
   in.prompt = a.prompt;

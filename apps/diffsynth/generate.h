@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/diffsynth/lora_options.h"
 #include "apps/diffsynth/vram_options.h"
 
 namespace diffsynth::cli {
@@ -25,8 +26,7 @@ struct GenerateArgs {
   std::optional<double> blur_sigma;
   std::vector<std::string> controlnets, control_images;
   std::vector<double> control_scales;
-  std::vector<std::string> loras;   // FILE[:alpha]
-  std::string lora_mode = "auto";   // auto | fuse | hotload
+  LoRAArgs lora;  // --lora FILE[:alpha]..., --lora-mode
   std::optional<double> exponential_shift_mu;
   bool tiled = false;
   std::string dtype = "bfloat16", device = "cpu";

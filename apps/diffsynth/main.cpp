@@ -18,6 +18,7 @@
 
 #include "apps/diffsynth/app_paths.h"
 #include "apps/diffsynth/generate.h"
+#include "apps/diffsynth/lora_options.h"
 #include "apps/diffsynth/vram_options.h"
 #include "configs/model_configs.h"
 #include "core/dtype.h"
@@ -223,7 +224,7 @@ struct ForwardArgs {
 };
 
 int cmd_forward(const std::vector<std::string>& files, const std::string& dtype_s, const std::string& device_s,
-                const cli::VRAMArgs& vram, const ForwardArgs& fa) {
+                const cli::VRAMArgs& vram, const cli::LoRAArgs& lora, const ForwardArgs& fa) {
   const auto shape = parse_shape(fa.latents, "--latents");
   if (shape[1] != 16) throw Error("--latents: the Qwen-Image DiT takes 16 latent channels, got " + std::to_string(shape[1]));
   if (shape[2] % 2 || shape[3] % 2) throw Error("--latents: height and width must be even (2x2 patches)");
@@ -239,6 +240,7 @@ int cmd_forward(const std::vector<std::string>& files, const std::string& dtype_
   if (!dit) throw Error(path_str(paths) + ": no qwen_image_dit model in these file(s)");
   // The pipeline's load_models_to_device(["dit"]).
   if (vram_management_enabled(*dit)) vram_onload(*dit);
+  lora.apply(*dit, dtype, device, /*verbose=*/true);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   torch::NoGradGuard no_grad;
@@ -314,6 +316,8 @@ int main(int argc, char** argv) {
   forward->add_option("--repeat", forward_args.repeat, "Forwards to run (the later ones' median is printed too)")
       ->capture_default_str();
   vram_args.add(*forward);
+  cli::LoRAArgs lora_args;
+  lora_args.add(*forward);
 
   // Answered by the launcher (no libtorch); listed here for --help.
   app.add_subcommand("tokenize", "Encode / decode text with a tokenizer.json byte-level BPE (diffsynth tokenize --help)");
@@ -335,7 +339,7 @@ int main(int argc, char** argv) {
     if (*hash) return cmd_hash(files, without_shape);
     if (*inspect) return cmd_inspect(files, as_json, all_tensors);
     if (*load) return cmd_load(files, dtype, device, touch, vram_args);
-    if (*forward) return cmd_forward(files, dtype, device, vram_args, forward_args);
+    if (*forward) return cmd_forward(files, dtype, device, vram_args, lora_args, forward_args);
     if (*generate) return cli::cmd_generate(generate_args);
   } catch (const Error& e) {
     std::cerr << "diffsynth: error: " << e.what() << "\n";
