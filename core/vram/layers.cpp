@@ -283,7 +283,8 @@ void VRAMWrapper::prefetch() {
     bool started = false;
     for (const auto& p : pending_) started = started || p.entry == i;
     if (started) continue;
-    Pending p{i, {}, {}, {}};
+    Pending p;
+    p.entry = i;
     if (cuda) {
       // Host side: the weight itself when it is pinned (onload in CPU memory), else a pinned
       // staging copy in its stored dtype (read from the file for disk offload). Device side: an
