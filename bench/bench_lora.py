@@ -13,7 +13,6 @@ over all settings; the table gives the median over rounds.
 Usage: python bench/bench_lora.py BUILD_DIR [--repeat 3] [--rounds 3]
 """
 import argparse
-import json
 import os
 import re
 import statistics
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine  # noqa: E402
+from common import dit_metadata, machine  # noqa: E402
 
 REF = r"""
 import sys, time, torch
@@ -87,10 +86,8 @@ def main():
         from diffsynth.models.qwen_image_dit import QwenImageDiT
         torch.manual_seed(0)
         dit = QwenImageDiT(num_layers=1)
-        config = {"model_name": "qwen_image_dit", "model_class": "diffsynth.models.qwen_image_dit.QwenImageDiT",
-                  "extra_kwargs": {"num_layers": 1}}
         save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, f"{d}/dit.safetensors",
-                  metadata={"diffsynth_model_config": json.dumps(config)})
+                  metadata=dit_metadata(num_layers=1))
         lora = {}
         for name, mod in dit.named_modules():
             if isinstance(mod, torch.nn.Linear) and name.startswith("transformer_blocks."):

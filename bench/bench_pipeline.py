@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import gib, machine, measure_rusage  # noqa: E402
+from common import config_metadata, gib, machine, measure_rusage  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PROMPT = "A red fox sitting in fresh snow, golden hour, highly detailed photograph"
@@ -146,10 +146,7 @@ def write_reduced(d):
         sd = {}
         for k, v in module.state_dict().items():
             sd[rename(k)] = random_weight(k, tuple(v.shape)).contiguous()
-        config = {"model_name": model_name, "model_class": model_class, "extra_kwargs": kwargs}
-        if converter:
-            config["state_dict_converter"] = converter
-        save_file(sd, path, metadata={"format": "pt", "diffsynth_model_config": json.dumps(config)})
+        save_file(sd, path, metadata={"format": "pt", **config_metadata(model_name, model_class, kwargs, converter)})
         n = sum(v.numel() for v in sd.values())
         del sd
         print(f"wrote {path} ({model_name}, {n / 1e6:.0f} M parameters)", file=sys.stderr)

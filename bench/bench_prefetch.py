@@ -13,7 +13,6 @@ Runs alternate between the two settings. Reported: the forward time the CLI prin
 Usage: python bench/bench_prefetch.py BUILD_DIR [--blocks 4] [--repeats 2]
 """
 import argparse
-import json
 import os
 import re
 import statistics
@@ -24,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import gib, machine, measure_rusage  # noqa: E402
+from common import dit_metadata, gib, machine, measure_rusage  # noqa: E402
 
 
 def write_dit(path, blocks):
@@ -37,9 +36,7 @@ def write_dit(path, blocks):
         t = torch.randn(v.shape, generator=g) / (v.shape[-1] ** 0.5 if v.dim() > 1 else 10.0)
         sd[k] = t.to(torch.bfloat16)
     # Not a released layout (fewer blocks): the config travels in the file's metadata.
-    config = {"model_name": "qwen_image_dit", "model_class": "diffsynth.models.qwen_image_dit.QwenImageDiT",
-              "extra_kwargs": {"num_layers": blocks}}
-    save_file(sd, path, metadata={"diffsynth_model_config": json.dumps(config)})
+    save_file(sd, path, metadata=dit_metadata(num_layers=blocks))
     return sum(t.numel() * 2 for t in sd.values())
 
 

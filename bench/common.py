@@ -65,3 +65,16 @@ def machine():
 
 def gib(b):
     return f"{b / 2 ** 30:.2f} GiB"
+
+
+def config_metadata(model_name, model_class, extra_kwargs, converter=None):
+    """safetensors metadata carrying the file's own config entry (for layouts not in the table)."""
+    import json
+    config = {"model_name": model_name, "model_class": model_class, "extra_kwargs": extra_kwargs}
+    if converter:
+        config["state_dict_converter"] = converter
+    return {"diffsynth_model_config": json.dumps(config)}
+
+
+def dit_metadata(**extra_kwargs):
+    return config_metadata("qwen_image_dit", "diffsynth.models.qwen_image_dit.QwenImageDiT", extra_kwargs)

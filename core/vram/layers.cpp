@@ -5,6 +5,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <mutex>
@@ -31,6 +32,40 @@ std::int64_t nbytes(const torch::Tensor& t) {
 }
 bool in_mapping(const torch::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.numel() > 0 && MappedFile::is_mapped(t.data_ptr(), nbytes(t));
+}
+
+// nn.Module.to(dtype) converts floating tensors only.
+c10::ScalarType cast_dtype(const torch::Tensor& t, c10::ScalarType floating) {
+  return t.is_floating_point() ? floating : t.scalar_type();
+}
+
+// Drops this process's pages of a file-mapping view (no-op for other memory).
+void release_file_pages(const torch::Tensor& view) {
+  if (view.is_contiguous() && view.device().is_cpu())
+    MappedFile::release_if_mapped(view.data_ptr(), static_cast<std::size_t>(nbytes(view)));
+}
+
+// load_from_disk: a copy of a file-mapping view in `dtype` on `device`, then the view's pages go.
+torch::Tensor read_from_file(const torch::Tensor& view, const torch::Device& device, c10::ScalarType dtype) {
+  torch::Tensor t = view.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+  release_file_pages(view);
+  return t;
+}
+
+// The current (compute) stream of a CUDA device, and the one side stream per device that
+// prefetch copies run on.
+c10::Stream compute_stream(const torch::Device& device) {
+  return c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(device);
+}
+c10::Stream side_stream(const torch::Device& device) {
+  static std::mutex mutex;
+  static std::unordered_map<c10::DeviceIndex, c10::Stream> streams;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = streams.find(device.index());
+  if (it == streams.end())
+    it = streams.emplace(device.index(), c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStreamFromGlobalPool(device))
+             .first;
+  return it->second;
 }
 
 VRAMPlace place(const std::optional<std::string>& dtype, const std::optional<std::string>& device,
@@ -157,8 +192,7 @@ void VRAMWrapper::place_all(const VRAMPlace& p) {
     }
     torch::Tensor src = e.on_disk ? e.disk_view : e.owner->param(e.leaf);
     if (!src.defined()) continue;
-    // nn.Module.to(dtype) converts floating tensors only.
-    const auto dtype = src.is_floating_point() ? p.dtype : src.scalar_type();
+    const auto dtype = cast_dtype(src, p.dtype);
     // Weights kept in CPU memory for a CUDA computation are pinned when prefetch is on, so the
     // side stream copies them straight to the GPU (no staging, full DMA speed).
     const bool pin = p.device.is_cpu() && pins_host_weights();
@@ -170,8 +204,7 @@ void VRAMWrapper::place_all(const VRAMPlace& p) {
     } else {
       t = src.to(p.device, dtype, /*non_blocking=*/false, /*copy=*/true);
     }
-    if (e.on_disk && src.is_contiguous() && src.device().is_cpu())
-      MappedFile::release_if_mapped(src.data_ptr(), static_cast<std::size_t>(nbytes(src)));
+    if (e.on_disk) release_file_pages(src);
     set_slot(e, std::move(t), false);
   }
 }
@@ -214,8 +247,7 @@ bool VRAMWrapper::copies(const Entry& e) const {
   if (e.on_disk) return true;
   const auto& s = e.owner->param(e.leaf);
   if (!s.defined()) return false;
-  const auto dtype = s.is_floating_point() ? config_.computation_dtype : s.scalar_type();
-  return s.scalar_type() != dtype || s.device() != config_.computation_device;
+  return s.scalar_type() != cast_dtype(s, config_.computation_dtype) || s.device() != config_.computation_device;
 }
 
 bool VRAMWrapper::prefetchable(const Entry& e) const {
@@ -225,26 +257,24 @@ bool VRAMWrapper::prefetchable(const Entry& e) const {
 }
 
 torch::Tensor VRAMWrapper::computation_copy(const Entry& e) const {
-  if (e.on_disk) {
-    // load_from_disk(computation_dtype, computation_device): a temporary, then the file's pages
-    // are dropped from this process.
-    const torch::Tensor& v = e.disk_view;
-    const auto dtype = v.is_floating_point() ? config_.computation_dtype : v.scalar_type();
-    torch::Tensor t = v.to(config_.computation_device, dtype, /*non_blocking=*/false, /*copy=*/true);
-    if (v.is_contiguous() && v.device().is_cpu())
-      MappedFile::release_if_mapped(v.data_ptr(), static_cast<std::size_t>(nbytes(v)));
-    return t;
-  }
+  // Disk: a temporary read straight from the file, whose pages are then dropped.
+  if (e.on_disk)
+    return read_from_file(e.disk_view, config_.computation_device, cast_dtype(e.disk_view, config_.computation_dtype));
   const torch::Tensor& s = e.owner->param(e.leaf);
-  const auto dtype = s.is_floating_point() ? config_.computation_dtype : s.scalar_type();
   // AutoTorchModule.cast_to: empty_like(dtype, device) + copy_ (a plain cast).
-  auto r = torch::empty_like(s, torch::TensorOptions().dtype(dtype).device(config_.computation_device));
+  auto r = torch::empty_like(
+      s, torch::TensorOptions().dtype(cast_dtype(s, config_.computation_dtype)).device(config_.computation_device));
   r.copy_(s);
   return r;
 }
 
+bool VRAMWrapper::promotes_on_call() const {
+  // The reference's forward preamble: onload -> preparing while below vram_limit.
+  return state_ == 1 && (!config_.vram_limit || check_free_vram());
+}
+
 torch::Tensor VRAMWrapper::compute(const std::string& name) {
-  if (state_ == 1 && (!config_.vram_limit || check_free_vram())) preparing();
+  if (promotes_on_call()) preparing();
   const std::size_t index = entry_index(name);
   called();
   Entry& e = entries_[index];
@@ -273,79 +303,23 @@ void VRAMWrapper::called() {
 }
 
 void VRAMWrapper::prefetch() {
-  // The state this wrapper will compute in: a call in state 1 below the limit promotes first,
-  // and then copies nothing, so nothing is started for it.
-  if (state_ == 1 && (!config_.vram_limit || check_free_vram())) return;
-  const bool cuda = config_.computation_device.is_cuda();
+  // A call that promotes the wrapper first then copies nothing: nothing to start for it.
+  if (promotes_on_call()) return;
   for (std::size_t i = 0; i < entries_.size(); ++i) {
     const Entry& e = entries_[i];
-    if (!prefetchable(e)) continue;
-    bool started = false;
-    for (const auto& p : pending_) started = started || p.entry == i;
-    if (started) continue;
-    Pending p;
-    p.entry = i;
-    if (cuda) {
-      // Host side: the weight itself when it is pinned (onload in CPU memory), else a pinned
-      // staging copy in its stored dtype (read from the file for disk offload). Device side: an
-      // asynchronous copy on a side stream, then the cast to the computation dtype there too (so
-      // fp8 storage crosses the bus at half the bytes). The GPU memory is allocated on the compute
-      // stream, which uses and frees it; the side stream first waits for what the compute stream
-      // has queued (the memory may have just been freed by it).
-      const torch::Tensor& src = e.on_disk ? e.disk_view : e.owner->param(e.leaf);
-      const auto dtype = src.is_floating_point() ? config_.computation_dtype : src.scalar_type();
-      torch::Tensor host = src;
-      if (!src.is_pinned()) {
-        host = torch::empty(src.sizes(), torch::TensorOptions().dtype(src.scalar_type()).pinned_memory(true));
-        host.copy_(src);
-        if (e.on_disk && src.is_contiguous())
-          MappedFile::release_if_mapped(src.data_ptr(), static_cast<std::size_t>(nbytes(src)));
-      }
-      const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-      const c10::Stream compute_stream = impl.getStream(config_.computation_device);
-      static std::mutex side_mutex;
-      static std::unordered_map<c10::DeviceIndex, c10::Stream> side_streams;
-      c10::Stream side = compute_stream;
-      {
-        std::lock_guard<std::mutex> lock(side_mutex);
-        auto it = side_streams.find(config_.computation_device.index());
-        if (it == side_streams.end())
-          it = side_streams.emplace(config_.computation_device.index(),
-                                    impl.getStreamFromGlobalPool(config_.computation_device)).first;
-        side = it->second;
-      }
-      const auto on_gpu = torch::TensorOptions().device(config_.computation_device);
-      auto dst = torch::empty(src.sizes(), on_gpu.dtype(dtype));
-      torch::Tensor raw = host.scalar_type() == dtype ? torch::Tensor() : torch::empty(src.sizes(), on_gpu.dtype(host.scalar_type()));
-      c10::Event allocated(c10::DeviceType::CUDA);
-      allocated.record(compute_stream);
-      allocated.block(side);
-      {
-        c10::StreamGuard on_side(side);
-        // The host allocator keeps a staging buffer alive until this copy is done.
-        if (raw.defined()) {
-          raw.copy_(host, /*non_blocking=*/true);
-          dst.copy_(raw);
-        } else {
-          dst.copy_(host, /*non_blocking=*/true);
-        }
-      }
-      p.ready = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
-      p.ready->record(side);
-      p.value = dst;
-      p.keep = raw;  // freed only after the compute stream has waited for the side stream
+    if (!prefetchable(e) ||
+        std::any_of(pending_.begin(), pending_.end(), [i](const Pending& p) { return p.entry == i; }))
+      continue;
+    if (config_.computation_device.is_cuda()) {
+      pending_.push_back(start_device_copy(i));
     } else {
-      const torch::Tensor view = e.disk_view;
-      const auto dtype = view.is_floating_point() ? config_.computation_dtype : view.scalar_type();
-      const auto device = config_.computation_device;
-      p.job = std::async(std::launch::async, [view, dtype, device] {
-                torch::Tensor t = view.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
-                if (view.is_contiguous())
-                  MappedFile::release_if_mapped(view.data_ptr(), static_cast<std::size_t>(nbytes(view)));
-                return t;
-              }).share();
+      Pending p;
+      p.entry = i;
+      p.job = std::async(std::launch::async, read_from_file, e.disk_view, config_.computation_device,
+                         cast_dtype(e.disk_view, config_.computation_dtype))
+                  .share();
+      pending_.push_back(std::move(p));
     }
-    pending_.push_back(std::move(p));
     ++prefetch_started_;
   }
   if (pending_.empty()) return;
@@ -362,14 +336,51 @@ void VRAMWrapper::prefetch() {
   t_prefetched.push_back(self);
 }
 
+VRAMWrapper::Pending VRAMWrapper::start_device_copy(std::size_t index) const {
+  // Host side: the weight itself when it is pinned (onload in CPU memory), else a pinned staging
+  // copy in its stored dtype (read from the file for disk offload). Device side: an asynchronous
+  // copy on the side stream, then the cast to the computation dtype there too (so fp8 storage
+  // crosses the bus at half the bytes). The GPU memory is allocated on the compute stream, which
+  // uses and frees it; the side stream first waits for what the compute stream has queued (the
+  // memory may have just been freed by it).
+  const Entry& e = entries_[index];
+  const torch::Tensor& src = e.on_disk ? e.disk_view : e.owner->param(e.leaf);
+  const auto dtype = cast_dtype(src, config_.computation_dtype);
+  torch::Tensor host = src;
+  if (!src.is_pinned()) {
+    host = torch::empty(src.sizes(), torch::TensorOptions().dtype(src.scalar_type()).pinned_memory(true));
+    host.copy_(src);
+    if (e.on_disk) release_file_pages(src);
+  }
+  const auto on_gpu = torch::TensorOptions().device(config_.computation_device);
+  Pending p;
+  p.entry = index;
+  p.value = torch::empty(src.sizes(), on_gpu.dtype(dtype));
+  if (host.scalar_type() != dtype) p.keep = torch::empty(src.sizes(), on_gpu.dtype(host.scalar_type()));
+  const c10::Stream side = side_stream(config_.computation_device);
+  c10::Event allocated(c10::DeviceType::CUDA);
+  allocated.record(compute_stream(config_.computation_device));
+  allocated.block(side);
+  {
+    c10::StreamGuard on_side(side);
+    // The host allocator keeps a staging buffer alive until this copy is done.
+    if (p.keep.defined()) {
+      p.keep.copy_(host, /*non_blocking=*/true);
+      p.value.copy_(p.keep);
+    } else {
+      p.value.copy_(host, /*non_blocking=*/true);
+    }
+  }
+  p.ready = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
+  p.ready->record(side);
+  return p;
+}
+
 void VRAMWrapper::drop_pending() {
   // Device memory written by the side stream returns to the compute stream's pool when freed:
   // the compute stream must not reuse it before those copies are done.
   for (auto& p : pending_)
-    if (p.ready) {
-      const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-      p.ready->block(impl.getStream(config_.computation_device));
-    }
+    if (p.ready) p.ready->block(compute_stream(config_.computation_device));
   pending_.clear();
 }
 
@@ -380,9 +391,8 @@ std::optional<torch::Tensor> VRAMWrapper::take_pending(std::size_t index) {
     pending_.erase(it);
     ++prefetch_used_;
     if (p.ready) {
-      const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-      p.ready->block(impl.getStream(config_.computation_device));
-      return p.value;
+      p.ready->block(compute_stream(config_.computation_device));
+      return p.value;  // `keep` is freed now, after the compute stream waited for the side stream
     }
     return p.job.get();
   }

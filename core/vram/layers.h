@@ -142,13 +142,15 @@ class VRAMWrapper : public std::enable_shared_from_this<VRAMWrapper> {
     torch::Tensor value;
     std::shared_future<torch::Tensor> job;
     std::shared_ptr<c10::Event> ready;
-    torch::Tensor keep;  // device memory the side stream still uses (CUDA)
+    torch::Tensor keep;  // device memory the side stream still uses (CUDA: the stored-dtype copy)
   };
   std::size_t entry_index(const std::string& name) const;
   Entry& entry(const std::string& name) { return entries_[entry_index(name)]; }
   // Whether computing with entry `e` copies, and whether that copy can be started ahead.
   bool copies(const Entry& e) const;
   bool prefetchable(const Entry& e) const;
+  bool promotes_on_call() const;                       // state 1 and below vram_limit
+  Pending start_device_copy(std::size_t index) const;  // CUDA: pinned host -> side stream
   bool pins_host_weights() const;
   torch::Tensor computation_copy(const Entry& e) const;  // the synchronous copy
   void called();                                         // order learning, prefetch of what follows

@@ -332,13 +332,9 @@ std::int64_t hotload_lora(Module& model, const LoRAPairs& lora, double alpha, co
   std::vector<std::string> missing;
   for (const auto& layer : lora)
     if (!hot.count(layer.module)) missing.push_back(layer.module);
-  if (!missing.empty()) {
-    std::string list;
-    for (std::size_t i = 0; i < missing.size() && i < 10; ++i) list += (i ? ", " : "") + missing[i];
-    if (missing.size() > 10) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+  if (!missing.empty())
     throw Error(source_name + ": LoRA hot-load needs Linear layers wrapped by VRAM management; these layers are not: " +
-                list + ". Load it fused instead (hotload = false).");
-  }
+                name_list(missing) + ". Load it fused instead (hotload = false).");
   torch::NoGradGuard no_grad;
   for (const auto& layer : lora) hot.at(layer.module)->add_lora(layer.lora_A * alpha, layer.lora_B);
   const auto n = static_cast<std::int64_t>(lora.size());
@@ -351,8 +347,6 @@ std::int64_t hotload_lora(Module& model, const LoRAPairs& lora, double alpha, co
 std::int64_t load_lora(Module& model, const std::string& file, double alpha, std::optional<bool> hotload,
                        c10::ScalarType dtype, const torch::Device& device, bool verbose) {
   const bool hot = hotload.value_or(vram_management_enabled(model));
-  if (hot && !vram_management_enabled(model))
-    throw Error("VRAM Management is not enabled. LoRA hotloading is not supported.");
   const StateDict lora = load_lora_state_dict(file, dtype, device);
   const LoRAPairs pairs = convert_lora(lora, model, file);
   return hot ? hotload_lora(model, pairs, alpha, file, verbose) : fuse_lora(model, pairs, alpha, dtype, device, verbose);
