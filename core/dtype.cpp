@@ -22,6 +22,15 @@ c10::ScalarType parse_dtype(const std::string& raw) {
   return it->second;
 }
 
+c10::ScalarType parse_computation_dtype(const std::string& name) {
+  const c10::ScalarType t = parse_dtype(name);
+  if (t == c10::kBFloat16 || t == c10::kFloat || t == c10::kHalf) return t;
+  if (t == c10::kFloat8_e4m3fn || t == c10::kFloat8_e5m2)
+    throw Error("dtype '" + name + "' is a storage dtype, not a computation dtype: compute in bfloat16, float32 or "
+                "float16 and store weights in fp8 with --offload cpu --offload-dtype " + name);
+  throw Error("dtype '" + name + "' is not supported for computation (use bfloat16, float32 or float16)");
+}
+
 std::string dtype_name(c10::ScalarType t) {
   switch (t) {
     case c10::kBFloat16: return "torch.bfloat16";

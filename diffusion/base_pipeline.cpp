@@ -7,6 +7,7 @@
 #include <iostream>
 #include <random>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "utils/lora/general.h"
 
@@ -65,6 +66,14 @@ torch::Tensor BasePipeline::step(const FlowMatchScheduler& scheduler, const torc
     noise_pred = expected * (1 - inpaint_mask) + noise_pred * inpaint_mask;
   }
   return scheduler.step(noise_pred, timestep, latents);
+}
+
+void BasePipeline::check_finite(const torch::Tensor& t, const std::string& what) {
+  if (!t.defined() || !t.is_floating_point() || torch::isfinite(t).all().item<bool>()) return;
+  const bool nan = torch::isnan(t).any().item<bool>();
+  throw Error(what + " are not finite (" + (nan ? "NaN" : "Inf") + " in " + dtype_name(t.scalar_type()).substr(6) +
+              "): stopped instead of writing a black image. A weight or LoRA may hold huge values, or the "
+              "numbers overflow this dtype: try float32 computation (--dtype float32) or a smaller CFG scale");
 }
 
 torch::Tensor BasePipeline::cfg_guided(double cfg_scale, const std::function<torch::Tensor()>& positive,

@@ -44,6 +44,9 @@ class BasePipeline {
   // into its weights (utils/lora/general.h). Returns the number of layers patched.
   std::int64_t load_lora(Module& module, const std::string& file, double alpha = 1,
                          std::optional<bool> hotload = std::nullopt, bool verbose = true) const;
+  // Throws an Error when `t` holds NaN or Inf: "<what> are not finite (...)". Run after each
+  // step and stage, so a numerical blow-up stops the run instead of writing a black image.
+  static void check_finite(const torch::Tensor& t, const std::string& what);
   static torch::Tensor cfg_guided(double cfg_scale, const std::function<torch::Tensor()>& positive,
                                   const std::function<torch::Tensor()>& negative);
 

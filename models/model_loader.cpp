@@ -230,13 +230,24 @@ void ModelPool::clear_parameters(Module& m) {
 }
 
 std::string diagnose_unknown_model(const ModelPaths& path) {
-  // File layout as meta tensors, so converters can run on it without reading data.
-  StateDict file_sd;
   try {
-    for (const auto& e : load_keys_dict(path).entries)
-      if (!e.dict) file_sd.set(e.key, torch::empty(e.shape, torch::TensorOptions().device(torch::kMeta)));
+    return diagnose_unknown_model(load_keys_dict(path));
   } catch (const Error&) {
     return "";
+  }
+}
+
+std::string diagnose_unknown_model(const KeysDict& layout) {
+  // File layout as meta tensors, so converters can run on it without reading data.
+  // One meta tensor per distinct shape: a checkpoint has few, and 200,000 tensors of them cost
+  // more than the diagnosis itself.
+  StateDict file_sd;
+  std::map<std::vector<std::int64_t>, torch::Tensor> by_shape;
+  for (const auto& e : layout.entries) {
+    if (e.dict) continue;
+    auto [it, fresh] = by_shape.try_emplace(e.shape);
+    if (fresh) it->second = torch::empty(e.shape, torch::TensorOptions().device(torch::kMeta));
+    file_sd.set(e.key, it->second);
   }
   const ModelConfigEntry* best = nullptr;
   LayoutDiff best_diff;
@@ -251,7 +262,15 @@ std::string diagnose_unknown_model(const ModelPaths& path) {
     if (entry.state_dict_converter && !converter) continue;
     try {
       auto m = (*factory)(entry.extra_kwargs);
-      LayoutDiff d = diff_layout(*m, converter ? (*converter)(file_sd) : file_sd);
+      const StateDict converted = converter ? (*converter)(file_sd) : StateDict();
+      const StateDict& candidate = converter ? converted : file_sd;
+      // No key in common: nothing to diagnose, and listing every key as unexpected would cost
+      // more than the rest (a 200,000-tensor file against each implemented model).
+      bool overlaps = false;
+      for (const auto& [name, t] : module_state(*m))
+        if ((overlaps = candidate.contains(name))) break;
+      if (!overlaps) continue;
+      LayoutDiff d = diff_layout(*m, candidate);
       if (d.matched + d.mismatched.size() == 0) continue;
       if (!best || d.score() > best_diff.score()) {
         best = &entry;

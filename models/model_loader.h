@@ -56,6 +56,7 @@ std::optional<ModelConfigEntry> config_from_metadata(const ModelPaths& path);
 // Beyond the reference: for a file no config recognises, the implemented model whose layout
 // overlaps it most, with what is missing, extra or mis-shaped. Empty when nothing overlaps.
 std::string diagnose_unknown_model(const ModelPaths& path);
+std::string diagnose_unknown_model(const KeysDict& layout);
 // The reference's `{path}` / json.dumps(path, indent=4) renderings of a path argument.
 std::string path_str(const ModelPaths& path);
 std::string path_json(const ModelPaths& path, int indent = 4);

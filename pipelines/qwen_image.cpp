@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iostream>
 
 #include "core/error.h"
@@ -151,21 +152,101 @@ torch::Tensor QwenImagePipeline::controlnet_conditioning(const ControlNetInput& 
   return latents;
 }
 
-QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::ostream* progress) {
-  torch::NoGradGuard no_grad;
-  if (!dit) throw Error("Qwen-Image pipeline: no qwen_image_dit model loaded (pass its file)");
-  if (in.num_inference_steps < 1) throw Error("num_inference_steps must be at least 1");
-  if (in.height < 16 || in.width < 16) throw Error("height and width must be at least 16");
-  if (in.denoising_strength <= 0 || in.denoising_strength > 1) throw Error("denoising_strength must be in (0, 1]");
+namespace {
+
+FlowMatchOptions schedule_options(const QwenImageInputs& in) {
   FlowMatchOptions shift;
   shift.dynamic_shift_len = (in.height / 16) * (in.width / 16);  // before rounding, as the reference
   shift.exponential_shift_mu = in.exponential_shift_mu;
-  scheduler.set_timesteps(in.num_inference_steps, in.denoising_strength, shift);
-  // The Qwen-Image schedule's terminal stretch divides 0 by 0 for a single full-strength step
-  // (the reference then denoises with NaN); refuse instead of drawing a black image.
-  if (torch::isnan(scheduler.sigmas).any().item<bool>())
-    throw Error("the Qwen-Image schedule is undefined for " + std::to_string(in.num_inference_steps) +
-                " step(s) at denoising strength " + std::to_string(in.denoising_strength) + ": use at least 2 steps");
+  return shift;
+}
+
+void check_number(double v, double lo, double hi, const std::string& name) {
+  if (!std::isfinite(v) || v < lo || v > hi)
+    throw Error(name + " must be a finite number in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                std::to_string(v));
+}
+
+}  // namespace
+
+void QwenImagePipeline::check_inputs(const QwenImageInputs& in) {
+  if (in.num_inference_steps < 1 || in.num_inference_steps > 10000)
+    throw Error("num_inference_steps must be in [1, 10000], got " + std::to_string(in.num_inference_steps));
+  if (in.height < 16 || in.width < 16 || in.height > kMaxImageSide || in.width > kMaxImageSide)
+    throw Error("height and width must be in [16, " + std::to_string(kMaxImageSide) + "], got " +
+                std::to_string(in.width) + "x" + std::to_string(in.height));
+  if (!(in.denoising_strength > 0 && in.denoising_strength <= 1))
+    throw Error("denoising_strength must be in (0, 1], got " + std::to_string(in.denoising_strength));
+  check_number(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
+  if (in.exponential_shift_mu) check_number(*in.exponential_shift_mu, -kMaxShiftMu, kMaxShiftMu, "exponential_shift_mu");
+  for (const auto& c : in.blockwise_controlnet_inputs) check_number(c.scale, -kMaxGuidance, kMaxGuidance, "ControlNet scale");
+  if (in.inpaint_blur_sigma && !(std::isfinite(*in.inpaint_blur_sigma) && *in.inpaint_blur_sigma > 0))
+    throw Error("inpaint_blur_sigma must be a finite number > 0, got " + std::to_string(*in.inpaint_blur_sigma));
+  if (in.inpaint_blur_size) {
+    // Reflect padding of the latent-resolution mask: the radius must stay inside it.
+    const std::int64_t side = std::min(in.height, in.width) / 8;
+    if (*in.inpaint_blur_size < 0 || *in.inpaint_blur_size >= side)
+      throw Error("inpaint_blur_size must be in [0, " + std::to_string(side - 1) + "] for a " + std::to_string(in.width) +
+                  "x" + std::to_string(in.height) + " image (the mask is blurred at 1/8 size), got " +
+                  std::to_string(*in.inpaint_blur_size));
+  }
+  const auto [sigmas, timesteps] =
+      flow_match_schedule("Qwen-Image", in.num_inference_steps, in.denoising_strength, schedule_options(in));
+  // The schedule's terminal stretch divides 0 by 0 for a single full-strength step, and an
+  // extreme shift leaves every noise level at 1 (the reference then denoises with NaN): refuse
+  // instead of drawing a black image.
+  const bool finite = torch::isfinite(sigmas).all().item<bool>();
+  if (!finite && in.num_inference_steps == 1 && in.denoising_strength == 1)
+    throw Error("the Qwen-Image schedule is undefined for 1 step at full denoising strength (its terminal stretch "
+                "divides 0 by 0): use at least 2 steps, or a denoising strength below 1");
+  const bool decreasing = finite && (sigmas.size(0) < 2 || (sigmas.slice(0, 1) <= sigmas.slice(0, 0, -1)).all().item<bool>());
+  if (!decreasing) {
+    const double mu = in.exponential_shift_mu ? *in.exponential_shift_mu
+                                              : calculate_shift_qwen_image(static_cast<double>(*schedule_options(in).dynamic_shift_len));
+    throw Error("the Qwen-Image schedule for " + std::to_string(in.num_inference_steps) +
+                " steps is degenerate at exponential shift mu " + std::to_string(mu) +
+                (in.exponential_shift_mu ? std::string(" (as given)")
+                                         : " (derived from the " + std::to_string(in.width) + "x" + std::to_string(in.height) + " size)") +
+                ": its noise levels are not finite and decreasing");
+  }
+}
+
+double QwenImagePipeline::working_memory_bytes(const QwenImageInputs& in, c10::ScalarType dtype,
+                                               const QwenImageDiTConfig* dit, const QwenImageVAEConfig* vae) {
+  const double elt = static_cast<double>(c10::elementSize(dtype));
+  const double h = static_cast<double>(in.height), w = static_cast<double>(in.width);
+  // Latents and their companions (noise, input latents, the two predictions) in float32 at most,
+  // and the decoded picture: in the dtype, as float32 while converting, as uint8.
+  const double latents = 6 * 16 * (h / 8) * (w / 8) * 4;
+  const double pixels = 3 * h * w * (elt + 4 + 1);
+  double peak = latents + pixels;
+  if (dit) {
+    // One double-stream block over image + text tokens: the residual stream, its modulated copy
+    // and the MLP's 4x hidden layer before and after the activation (~10 rows of width D alive).
+    const double tokens = (h / 16) * (w / 16) + 1024;  // a long prompt
+    peak = std::max(peak, latents + 10 * tokens * static_cast<double>(dit->dim) * elt);
+  }
+  if (vae) {
+    // A decoder stage at full resolution: the upsampled 2C-channel map, the C-channel conv output
+    // and a residual block's temporaries (~6C maps of H x W); tiles bound it for tiled runs.
+    const double c = static_cast<double>(vae->base_dim * vae->dim_mult.front());
+    const double tile_side = static_cast<double>(in.tile_size) * 8;
+    const double area = in.tiled ? std::min(h, tile_side) * std::min(w, tile_side) : h * w;
+    const double blend = in.tiled ? 2 * 3 * h * w * 4 : 0;  // tiled decode's sum and weight maps
+    peak = std::max(peak, pixels + blend + 6 * c * area * elt);
+  }
+  return peak;
+}
+
+double QwenImagePipeline::working_memory_bytes(const QwenImageInputs& in) const {
+  return working_memory_bytes(in, dtype, dit ? &dit->config : nullptr, vae ? &vae->config : nullptr);
+}
+
+QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::ostream* progress) {
+  torch::NoGradGuard no_grad;
+  if (!dit) throw Error("Qwen-Image pipeline: no qwen_image_dit model loaded (pass its file)");
+  check_inputs(in);
+  scheduler.set_timesteps(in.num_inference_steps, in.denoising_strength, schedule_options(in));
 
   QwenImageOutput out;
   using clock = std::chrono::steady_clock;
@@ -194,8 +275,12 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
   }
   // PromptEmbedder (the negative prompt only when CFG runs).
   auto [prompt_emb, prompt_mask] = encode_prompt(in.prompt);
+  check_finite(prompt_emb, "the prompt embeddings");
   torch::Tensor nega_emb, nega_mask;
-  if (in.cfg_scale != 1.0) std::tie(nega_emb, nega_mask) = encode_prompt(in.negative_prompt);
+  if (in.cfg_scale != 1.0) {
+    std::tie(nega_emb, nega_mask) = encode_prompt(in.negative_prompt);
+    check_finite(nega_emb, "the negative prompt embeddings");
+  }
   // BlockwiseControlNet: VAE latents of each control image, packed and projected once.
   std::vector<torch::Tensor> conditionings;
   for (const auto& c : in.blockwise_controlnet_inputs) {
@@ -250,6 +335,7 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
           return dit->model_fn(dit_in);
         });
     latents = step(scheduler, latents, progress_id, noise_pred, input_latents, inpaint_mask);
+    check_finite(latents, "the latents after step " + std::to_string(progress_id + 1) + " of " + std::to_string(steps));
     if (bar) bar->update(progress_id + 1);
   }
   if (bar) bar->finish();
@@ -261,6 +347,7 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
   out.latents = latents;
   load_models_to_device({"vae"});
   auto decoded = in.tiled ? vae->decode_tiled(latents, QwenImageVAETiling(in.tile_size, in.tile_stride)) : vae->decode(latents);
+  check_finite(decoded, "the decoded image values");
   out.image = vae_output_to_image(decoded);
   out.decode_seconds = seconds_since(t_stage);
   load_models_to_device({});

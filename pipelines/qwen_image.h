@@ -61,6 +61,12 @@ struct QwenImageOutput {
 
 class QwenImagePipeline : public BasePipeline {
  public:
+  // Bounds check_inputs enforces. Sides: 8192 patches of 16 px, the reference's RoPE table of
+  // 4096 positions each way from the centre; memory is the tighter bound in practice.
+  static constexpr std::int64_t kMaxImageSide = 131072;
+  static constexpr double kMaxGuidance = 100;  // |cfg_scale|, |ControlNet scale|
+  static constexpr double kMaxShiftMu = 15;    // |exponential_shift_mu|: past it every sigma rounds to 0 or 1
+
   QwenImagePipeline(torch::Device device = torch::kCPU, c10::ScalarType dtype = torch::kBFloat16);
 
   // The models a pool holds (fetch_model as the reference's from_pretrained) and the tokenizer
@@ -69,6 +75,18 @@ class QwenImagePipeline : public BasePipeline {
                                                             torch::Device device, c10::ScalarType dtype);
 
   QwenImageOutput operator()(const QwenImageInputs& inputs, std::ostream* progress = nullptr);
+
+  // What needs no model: sizes, steps, strength, CFG scale, shift, blur and ControlNet values
+  // finite and in range, and the schedule they give finite and decreasing. operator() runs it
+  // first; callers run it before loading anything so bad input fails in a second, not after
+  // minutes of loading.
+  static void check_inputs(const QwenImageInputs& in);
+  // About how many bytes a run with these inputs needs besides the weights: the largest stage's
+  // activations and buffers (DiT block, VAE decode/encode, pixel buffers), computed in `dtype`.
+  // Without model configs (before loading) only the pixel and latent buffers count: a floor.
+  static double working_memory_bytes(const QwenImageInputs& in, c10::ScalarType dtype,
+                                     const QwenImageDiTConfig* dit = nullptr, const QwenImageVAEConfig* vae = nullptr);
+  double working_memory_bytes(const QwenImageInputs& in) const;
 
   // The prompt template, tokenised, through the text encoder; the first drop_idx (34) template
   // tokens removed: ([1, L, hidden] in the pipeline dtype, int64 mask [1, L] of ones).

@@ -1,6 +1,7 @@
 #include "utils/image.h"
 
 #include <png.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <csetjmp>
@@ -9,6 +10,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace diffsynth {
 namespace {
@@ -30,6 +32,17 @@ void png_error_fn(png_structp png, png_const_charp msg) {
 }
 void png_warning_fn(png_structp, png_const_charp) {}
 
+// Regular files only (a FIFO would block the read forever).
+FilePtr open_image(const std::string& path) {
+  const int fd = open_regular_file(path, nullptr);
+  FilePtr f(::fdopen(fd, "rb"));
+  if (!f) {
+    ::close(fd);
+    fail(path, std::string("cannot open image: ") + std::strerror(errno));
+  }
+  return f;
+}
+
 void check_image(const torch::Tensor& image, const char* what) {
   if (!image.defined() || image.dim() != 3 || image.scalar_type() != torch::kUInt8 || image.size(2) < 1 ||
       image.size(2) > 4)
@@ -39,8 +52,7 @@ void check_image(const torch::Tensor& image, const char* what) {
 }  // namespace
 
 torch::Tensor read_png(const std::string& path) {
-  FilePtr f(std::fopen(path.c_str(), "rb"));
-  if (!f) fail(path, std::string("cannot open image: ") + std::strerror(errno));
+  FilePtr f = open_image(path);
   unsigned char sig[8] = {};
   if (std::fread(sig, 1, 8, f.get()) != 8 || png_sig_cmp(sig, 0, 8) != 0)
     fail(path, "not a PNG file (only PNG images are supported)");
@@ -84,47 +96,48 @@ void write_png(const std::string& path, const torch::Tensor& image_in,
                const std::vector<std::pair<std::string, std::string>>& text) {
   check_image(image_in, path.c_str());
   const auto image = image_in.contiguous();
-  FilePtr f(std::fopen(path.c_str(), "wb"));
-  if (!f) fail(path, std::string("cannot write image: ") + std::strerror(errno));
-  PngErrorState err;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_error_fn, png_warning_fn);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!png || !info) {
+  write_file_atomically(path, [&](std::FILE* f) {
+    PngErrorState err;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_error_fn, png_warning_fn);
+    png_infop info = png ? png_create_info_struct(png) : nullptr;
+    if (!png || !info) {
+      png_destroy_write_struct(&png, &info);
+      fail(path, "out of memory writing the PNG");
+    }
+    // Kept alive until png_write_info/png_write_end have copied them.
+    std::vector<png_text> chunks(text.size());
+    std::vector<png_bytep> rows(image.size(0));
+    if (setjmp(png_jmpbuf(png))) {
+      const int e = errno;  // libpng's "Write Error" does not say why
+      png_destroy_write_struct(&png, &info);
+      fail(path, "writing the PNG failed: " + err.message + (e ? std::string(" (") + std::strerror(e) + ")" : "") +
+                     "; nothing written, any previous file is unchanged");
+    }
+    png_init_io(png, f);
+    errno = 0;
+    static constexpr int kColor[] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
+                                     PNG_COLOR_TYPE_RGB_ALPHA};
+    png_set_IHDR(png, info, static_cast<png_uint_32>(image.size(1)), static_cast<png_uint_32>(image.size(0)), 8,
+                 kColor[image.size(2)], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
+      chunks[i].key = const_cast<char*>(text[i].first.c_str());
+      chunks[i].text = const_cast<char*>(text[i].second.c_str());
+      chunks[i].text_length = text[i].second.size();
+    }
+    if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
+    png_write_info(png, info);
+    const auto stride = image.size(1) * image.size(2);
+    for (std::int64_t y = 0; y < image.size(0); ++y)
+      rows[y] = const_cast<png_bytep>(image.data_ptr<std::uint8_t>() + y * stride);
+    png_write_image(png, rows.data());
+    png_write_end(png, nullptr);
     png_destroy_write_struct(&png, &info);
-    fail(path, "out of memory writing the PNG");
-  }
-  // Kept alive until png_write_info/png_write_end have copied them.
-  std::vector<png_text> chunks(text.size());
-  std::vector<png_bytep> rows(image.size(0));
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    fail(path, "writing the PNG failed: " + err.message);
-  }
-  png_init_io(png, f.get());
-  static constexpr int kColor[] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
-                                   PNG_COLOR_TYPE_RGB_ALPHA};
-  png_set_IHDR(png, info, static_cast<png_uint_32>(image.size(1)), static_cast<png_uint_32>(image.size(0)), 8,
-               kColor[image.size(2)], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
-    chunks[i].key = const_cast<char*>(text[i].first.c_str());
-    chunks[i].text = const_cast<char*>(text[i].second.c_str());
-    chunks[i].text_length = text[i].second.size();
-  }
-  if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
-  png_write_info(png, info);
-  const auto stride = image.size(1) * image.size(2);
-  for (std::int64_t y = 0; y < image.size(0); ++y)
-    rows[y] = const_cast<png_bytep>(image.data_ptr<std::uint8_t>() + y * stride);
-  png_write_image(png, rows.data());
-  png_write_end(png, nullptr);
-  png_destroy_write_struct(&png, &info);
-  if (std::fflush(f.get()) != 0) fail(path, std::string("writing the PNG failed: ") + std::strerror(errno));
+  });
 }
 
 std::vector<std::pair<std::string, std::string>> read_png_text(const std::string& path) {
-  FilePtr f(std::fopen(path.c_str(), "rb"));
-  if (!f) fail(path, std::string("cannot open image: ") + std::strerror(errno));
+  FilePtr f = open_image(path);
   PngErrorState err;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_error_fn, png_warning_fn);
   png_infop info = png ? png_create_info_struct(png) : nullptr;

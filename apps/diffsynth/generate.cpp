@@ -1,16 +1,17 @@
 #include "apps/diffsynth/generate.h"
 
-#include "apps/diffsynth/app_paths.h"
-
-#include <cstdio>
-
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
 
+#include "apps/diffsynth/app_paths.h"
+#include "apps/diffsynth/option_checks.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/loader/file.h"
 #include "core/loader/keys.h"
 #include "core/loader/safetensors.h"
@@ -58,23 +59,53 @@ torch::Tensor fit(const torch::Tensor& image, std::int64_t width, std::int64_t h
   return resize_pil(image, width, height);
 }
 
-void check_multiple(std::int64_t v, const char* name) {
-  if (v < 16) throw Error(std::string("--") + name + " " + std::to_string(v) + " is too small (at least 16)");
+// Width or height: a multiple of 16. `source` says where the value came from when the user did
+// not pass the option (the input image).
+void check_multiple(std::int64_t v, const char* name, const std::string& source) {
+  const std::string what = source.empty() ? std::string("--") + name + " " + std::to_string(v)
+                                          : source + ": its " + name + " " + std::to_string(v) + " (the output " + name +
+                                                " when --" + name + " is not given)";
+  if (v < 16) throw Error(what + " is too small (at least 16)");
+  if (v > QwenImagePipeline::kMaxImageSide)
+    throw Error(what + " is too large (at most " + std::to_string(QwenImagePipeline::kMaxImageSide) + ")");
   if (v % 16 != 0)
-    throw Error(std::string("--") + name + " " + std::to_string(v) + " is not a multiple of 16 (try " +
+    throw Error(what + " is not a multiple of 16 (" + (source.empty() ? "try " : "pass --" + std::string(name) + " ") +
                 std::to_string(v / 16 * 16 < 16 ? 16 : v / 16 * 16) + " or " + std::to_string((v / 16 + 1) * 16) + ")");
+}
+
+// A one-line notice for an option that does nothing here (not an error: the run is still what
+// was asked, minus a no-op).
+void warn_unused(bool quiet, const std::string& message) {
+  if (!quiet) std::cerr << "diffsynth: warning: " << message << "\n";
 }
 
 }  // namespace
 
 void add_generate_options(CLI::App& g, GenerateArgs& a) {
+  const std::string side = std::to_string(QwenImagePipeline::kMaxImageSide);
   g.add_option("-p,--prompt", a.prompt, "Prompt");
   g.add_option("-n,--negative-prompt", a.negative_prompt, "Negative prompt (used when --cfg-scale is not 1)");
-  g.add_option("--seed", a.seed, "Seed of the initial noise (default: random, written to the PNG)");
-  g.add_option("--steps", a.steps, "Denoising steps")->capture_default_str()->check(CLI::Range(1, 10000));
-  g.add_option("--cfg-scale", a.cfg_scale, "True CFG scale (1 = no negative pass)")->capture_default_str();
-  g.add_option("--width", a.width, "Image width, a multiple of 16 (default 1328, or the input image's)");
-  g.add_option("--height", a.height, "Image height, a multiple of 16 (default 1328, or the input image's)");
+  g.add_option("--seed", a.seed, "Seed of the initial noise, 0 to 2^64-1; -1 or none: drawn at random (written to the PNG)")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            try {
+              parse_seed(s);
+            } catch (const Error& e) {
+              return e.what();
+            }
+            return "";
+          },
+          "in [0, 2^64-1] or -1"));
+  g.add_option("--steps", a.steps, "Denoising steps: 2 to 10000 (1 only for img2img with --strength below 1)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000));
+  g.add_option("--cfg-scale", a.cfg_scale, "True CFG scale (1 = no negative pass)")
+      ->capture_default_str()
+      ->check(finite_in(-QwenImagePipeline::kMaxGuidance, QwenImagePipeline::kMaxGuidance));
+  g.add_option("--width", a.width, "Image width, a multiple of 16 up to " + side + " (default 1328, or the input image's)")
+      ->check(CLI::Range(std::int64_t{16}, QwenImagePipeline::kMaxImageSide));
+  g.add_option("--height", a.height, "Image height, a multiple of 16 up to " + side + " (default 1328, or the input image's)")
+      ->check(CLI::Range(std::int64_t{16}, QwenImagePipeline::kMaxImageSide));
   g.add_option("-m,--model", a.models,
                "Model file(s): DiT, text encoder, VAE, ControlNet... each identified by its hash; a folder or "
                "*.index.json = one sharded checkpoint");
@@ -83,20 +114,26 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
                "random-weight model the build writes");
   g.add_option("--tokenizer", a.tokenizer, "Folder with tokenizer.json (default: MODEL_DIR/tokenizer, else the bundled Qwen tokenizer)");
   g.add_option("-i,--input-image", a.input_image, "img2img: start from this PNG (resized to the output size)");
-  g.add_option("--strength", a.strength, "img2img denoising strength in (0, 1]")->capture_default_str();
+  g.add_option("--strength", a.strength, "img2img denoising strength in (0, 1] (default 1; needs --input-image)")
+      ->check(finite_in(0, 1, /*lo_open=*/true));
   g.add_option("--mask", a.mask, "Inpaint mask PNG (white = repaint); needs --input-image");
-  g.add_option("--blur-size", a.blur_size, "Inpaint mask Gaussian blur radius (latent pixels; with --blur-sigma)");
-  g.add_option("--blur-sigma", a.blur_sigma, "Inpaint mask Gaussian blur sigma");
+  g.add_option("--blur-size", a.blur_size,
+               "Inpaint mask Gaussian blur radius in latent pixels, 0 to (min(width, height) / 8 - 1); with --blur-sigma")
+      ->check(CLI::Range(std::int64_t{0}, QwenImagePipeline::kMaxImageSide / 8));
+  g.add_option("--blur-sigma", a.blur_sigma, "Inpaint mask Gaussian blur sigma, > 0; with --blur-size")
+      ->check(finite_in(0, 1000, /*lo_open=*/true));
   g.add_option("--controlnet", a.controlnets, "Blockwise ControlNet file(s) (repeat for several)");
   g.add_option("--control-image", a.control_images, "Control image PNG (one per --controlnet, in order)");
-  g.add_option("--control-scale", a.control_scales, "ControlNet scale (one for all, or one per control image)");
+  g.add_option("--control-scale", a.control_scales, "ControlNet scale (one for all, or one per control image)")
+      ->check(finite_in(-QwenImagePipeline::kMaxGuidance, QwenImagePipeline::kMaxGuidance));
   a.lora.add(g);
-  g.add_option("--exponential-shift-mu", a.exponential_shift_mu, "Scheduler shift mu (default: from the image size)");
+  g.add_option("--exponential-shift-mu", a.exponential_shift_mu, "Scheduler shift mu (default: from the image size)")
+      ->check(finite_in(-QwenImagePipeline::kMaxShiftMu, QwenImagePipeline::kMaxShiftMu));
   g.add_flag("--tiled", a.tiled, "VAE encode/decode in tiles (bounded memory for large images)");
-  g.add_option("--dtype", a.dtype, "Model and computation dtype (bfloat16, float32, float16)")->capture_default_str();
+  g.add_option("--dtype", a.dtype, "Model and computation dtype")->capture_default_str()->check(computation_dtype());
   g.add_option("--device", a.device, "Device (cpu, cuda, cuda:N)")->capture_default_str();
-  g.add_option("--threads", a.threads, "CPU threads (default: libtorch's)");
-  g.add_option("-o,--output", a.output, "Output PNG")->capture_default_str();
+  g.add_option("--threads", a.threads, "CPU threads (default: libtorch's)")->check(thread_count());
+  g.add_option("-o,--output", a.output, "Output PNG (written atomically: a temporary file, then renamed)")->capture_default_str();
   g.add_option("--save-latents", a.save_latents, "Also write the final latents (before decoding) as float32 safetensors");
   g.add_flag("-q,--quiet", a.quiet, "No loading messages or progress bar");
   a.vram.add(g);
@@ -104,28 +141,72 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
 
 int cmd_generate(const GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (a.threads > 0) torch::set_num_threads(a.threads);
-  const auto dtype = parse_dtype(a.dtype);
+  // Everything that needs no model is checked first: a mistake costs a second, not a load.
+  const auto dtype = parse_computation_dtype(a.dtype);
   const auto device = parse_device(a.device);
-  if (a.strength <= 0 || a.strength > 1) throw Error("--strength must be in (0, 1], got " + std::to_string(a.strength));
+  const std::optional<std::uint64_t> seed = a.seed.empty() ? std::nullopt : parse_seed(a.seed);
+  if (a.strength && a.input_image.empty())
+    throw Error("--strength applies to img2img: it needs --input-image (the picture to start from)");
   if (!a.mask.empty() && a.input_image.empty()) throw Error("--mask needs --input-image (the picture to inpaint)");
   if (a.blur_size.has_value() != a.blur_sigma.has_value()) throw Error("--blur-size and --blur-sigma go together");
+  if (a.blur_size && a.mask.empty()) throw Error("--blur-size/--blur-sigma blur the inpaint mask: they need --mask");
+  if (!a.control_images.empty() && a.controlnets.empty()) throw Error("--control-image needs --controlnet (the model it conditions)");
+  if (!a.control_scales.empty() && a.control_images.empty()) throw Error("--control-scale needs --controlnet and --control-image");
   if (a.control_images.size() != a.controlnets.size() && !(a.controlnets.size() == 1 && !a.control_images.empty()))
     throw Error("give one --control-image per --controlnet (got " + std::to_string(a.control_images.size()) +
                 " images for " + std::to_string(a.controlnets.size()) + " ControlNets)");
   if (a.control_scales.size() > 1 && a.control_scales.size() != a.control_images.size())
     throw Error("give one --control-scale for all control images, or one per image");
+  if (a.steps == 1 && a.strength.value_or(1.0) == 1.0)
+    throw Error("--steps 1: the Qwen-Image schedule is undefined for a single full-strength step (the reference "
+                "denoises with NaN): use --steps 2 or more, or img2img with --strength below 1");
+  if (!a.negative_prompt.empty() && a.cfg_scale == 1.0)
+    warn_unused(a.quiet, "--negative-prompt is not used at --cfg-scale 1 (no negative pass runs)");
+  if (a.lora.loras.empty() && a.lora.mode != "auto") warn_unused(a.quiet, "--lora-mode has no effect without --lora");
+  for (const auto& m : a.models) check_model_files(m, "--model");
+  for (const auto& c : a.controlnets) check_model_files(c, "--controlnet");
+  if (!a.model_dir.empty()) check_folder(a.model_dir, "--model-dir");
+  if (!a.tokenizer.empty()) check_folder(a.tokenizer, "--tokenizer");
+  check_output_path(a.output, "-o");
+  if (fs::path(a.output).extension() != ".png" && fs::path(a.output).extension() != ".PNG")
+    throw Error("-o " + a.output + ": generate writes PNG images; give a .png name");
+  if (!a.save_latents.empty()) check_output_path(a.save_latents, "--save-latents");
+  const VRAMConfig config = a.vram.config(a.dtype, a.device);
+  if (a.threads) torch::set_num_threads(*a.threads);
 
-  // Inputs first: a bad image path fails before minutes of loading.
+  // Input images next: a bad image path fails before minutes of loading.
   torch::Tensor input_image, mask;
   std::vector<torch::Tensor> control_images;
   if (!a.input_image.empty()) input_image = load_image_rgb(a.input_image, "--input-image");
   if (!a.mask.empty()) mask = load_image_rgb(a.mask, "--mask");
   for (const auto& c : a.control_images) control_images.push_back(load_image_rgb(c, "--control-image"));
+  const std::string size_source = input_image.defined() ? "--input-image " + a.input_image : "";
   const std::int64_t width = a.width.value_or(input_image.defined() ? input_image.size(1) : 1328);
   const std::int64_t height = a.height.value_or(input_image.defined() ? input_image.size(0) : 1328);
-  check_multiple(width, "width");
-  check_multiple(height, "height");
+  check_multiple(width, "width", a.width ? "" : size_source);
+  check_multiple(height, "height", a.height ? "" : size_source);
+
+  QwenImageInputs in;
+  in.prompt = a.prompt;
+  in.negative_prompt = a.negative_prompt;
+  in.cfg_scale = a.cfg_scale;
+  in.seed = seed;
+  in.num_inference_steps = a.steps;
+  in.width = width;
+  in.height = height;
+  in.exponential_shift_mu = a.exponential_shift_mu;
+  in.tiled = a.tiled;
+  if (input_image.defined()) in.denoising_strength = a.strength.value_or(1.0);
+  in.inpaint_blur_size = a.blur_size;
+  in.inpaint_blur_sigma = a.blur_sigma;
+  if (a.blur_size && *a.blur_size >= std::min(width, height) / 8)
+    throw Error("--blur-size " + std::to_string(*a.blur_size) + " is too large for a " + std::to_string(width) + "x" +
+                std::to_string(height) + " image: the mask is blurred at 1/8 size, so at most " +
+                std::to_string(std::min(width, height) / 8 - 1));
+  const std::string size_text = std::to_string(width) + "x" + std::to_string(height);
+  check_memory(QwenImagePipeline::working_memory_bytes(in, dtype),
+               "a " + size_text + " image (its pixel and latent buffers alone, " + dtype_name(dtype).substr(6) + ")", device);
+  QwenImagePipeline::check_inputs(in);
 
   // Models: --model files, else the model folder (default: the tiny one the build writes).
   std::string model_dir = a.model_dir;
@@ -149,7 +230,6 @@ int cmd_generate(const GenerateArgs& a) {
     tokenizer = (fs::path(model_dir) / "tokenizer").string();
   if (tokenizer.empty()) tokenizer = default_tokenizer_dir();
 
-  const VRAMConfig config = a.vram.config(a.dtype, a.device);
   std::ostringstream quiet_sink;
   ModelPool pool(a.quiet ? static_cast<std::ostream&>(quiet_sink) : std::cerr);
   for (const auto& f : files) pool.auto_load_model(f, config, a.vram.vram_limit);
@@ -167,25 +247,12 @@ int cmd_generate(const GenerateArgs& a) {
   // BasePipeline.load_lora: in the pipeline dtype on its device.
   const nlohmann::ordered_json lora_info = a.lora.apply(*pipe->dit, pipe->dtype, pipe->device, !a.quiet);
 
-  QwenImageInputs in;
-  in.prompt = a.prompt;
-  in.negative_prompt = a.negative_prompt;
-  in.cfg_scale = a.cfg_scale;
-  in.seed = a.seed;
-  in.num_inference_steps = a.steps;
-  in.width = width;
-  in.height = height;
-  in.exponential_shift_mu = a.exponential_shift_mu;
-  in.tiled = a.tiled;
-  if (input_image.defined()) {
-    in.input_image = fit(input_image, width, height, "--input-image", a.quiet);
-    in.denoising_strength = a.strength;
-  }
-  if (mask.defined()) {
-    in.inpaint_mask = mask;
-    in.inpaint_blur_size = a.blur_size;
-    in.inpaint_blur_sigma = a.blur_sigma;
-  }
+  check_memory(pipe->working_memory_bytes(in),
+               "a " + size_text + " image on these models (" + dtype_name(dtype).substr(6) +
+                   " activations of the largest stage" + (a.tiled ? "" : "; --tiled bounds the VAE's") + ")",
+               device);
+  if (input_image.defined()) in.input_image = fit(input_image, width, height, "--input-image", a.quiet);
+  if (mask.defined()) in.inpaint_mask = mask;
   for (std::size_t i = 0; i < control_images.size(); ++i) {
     ControlNetInput c;
     c.controlnet_id = a.controlnets.size() == 1 ? 0 : static_cast<std::int64_t>(i);
@@ -215,7 +282,7 @@ int cmd_generate(const GenerateArgs& a) {
     params["models"].push_back({{"model_name", pool.model_name[i]}, {"path", path_str(pool.model_path[i])}});
   if (input_image.defined()) {
     params["input_image"] = a.input_image;
-    params["denoising_strength"] = a.strength;
+    params["denoising_strength"] = in.denoising_strength;
   }
   if (mask.defined()) params["inpaint_mask"] = a.mask;
   if (!control_images.empty()) params["control_images"] = a.control_images;

@@ -14,14 +14,14 @@ namespace diffsynth::cli {
 
 struct GenerateArgs {
   std::string prompt, negative_prompt;
-  std::optional<std::uint64_t> seed;
+  std::string seed;  // 0..2^64-1, or -1 / empty: drawn at random (parse_seed)
   std::int64_t steps = 30;
   double cfg_scale = 4.0;
   std::optional<std::int64_t> width, height;
   std::vector<std::string> models;  // files or folders (a folder = one sharded checkpoint)
   std::string model_dir, tokenizer;
   std::string input_image, mask;
-  double strength = 1.0;
+  std::optional<double> strength;  // img2img only
   std::optional<std::int64_t> blur_size;
   std::optional<double> blur_sigma;
   std::vector<std::string> controlnets, control_images;
@@ -30,7 +30,7 @@ struct GenerateArgs {
   std::optional<double> exponential_shift_mu;
   bool tiled = false;
   std::string dtype = "bfloat16", device = "cpu";
-  int threads = 0;
+  std::optional<int> threads;  // default: libtorch's
   std::string output = "output.png";
   std::string save_latents;  // the final latents (float32 safetensors), for parity checks
   bool quiet = false;

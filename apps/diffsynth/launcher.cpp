@@ -229,7 +229,7 @@ int main(int argc, char** argv) {
       if (!diffsynth::is_safetensors_path(p)) exec_full(argv);  // torch.save files need libtorch
     }
     for (const auto& p : paths)
-      for (auto& e : diffsynth::load_safetensors_keys_dict(p).entries) merged.set(std::move(e));
+      merged.update(diffsynth::load_safetensors_keys_dict(p));
     std::cout << diffsynth::md5_hex(diffsynth::convert_keys_dict_to_single_str(merged, with_shape)) << "\n";
     return 0;
   } catch (const diffsynth::Error& e) {

@@ -1,15 +1,30 @@
 #include "apps/diffsynth/lora_options.h"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 
+#include "apps/diffsynth/option_checks.h"
+#include "core/error.h"
 #include "core/vram/layers.h"
 #include "utils/lora/general.h"
 
 namespace diffsynth::cli {
 
 void LoRAArgs::add(CLI::App& app) {
-  app.add_option("--lora", loras, "LoRA file for the DiT, FILE[:alpha] (repeat for several; they stack)");
+  app.add_option("--lora", loras, "LoRA file for the DiT, FILE[:alpha], alpha in [-100, 100] (repeat for several; they stack)")
+      ->check(CLI::Validator(
+          [](std::string& spec) -> std::string {
+            try {
+              check_model_files(split_lora(spec).first, "");
+            } catch (const Error& e) {
+              return e.what();
+            }
+            return "";
+          },
+          "FILE[:ALPHA]"));
   app.add_option("--lora-mode", mode,
                  "auto: hot-load onto the wrapped layers when VRAM management is on (--offload, --vram-limit, "
                  "--vram-config), else fuse into the weights; fuse; hotload")
@@ -35,15 +50,15 @@ nlohmann::ordered_json LoRAArgs::apply(Module& model, c10::ScalarType dtype, con
 
 std::pair<std::string, double> split_lora(const std::string& spec) {
   const auto colon = spec.rfind(':');
-  if (colon != std::string::npos && colon + 1 < spec.size()) {
-    try {
-      std::size_t used = 0;
-      const double alpha = std::stod(spec.substr(colon + 1), &used);
-      if (used == spec.size() - colon - 1) return {spec.substr(0, colon), alpha};
-    } catch (const std::exception&) {
-    }
-  }
-  return {spec, 1.0};
+  if (colon == std::string::npos || colon + 1 == spec.size()) return {spec, 1.0};
+  const std::string tail = spec.substr(colon + 1);
+  char* end = nullptr;
+  errno = 0;
+  const double alpha = std::strtod(tail.c_str(), &end);
+  if (*end != '\0') return {spec, 1.0};  // not a number: the colon is part of the path
+  if (!std::isfinite(alpha) || errno == ERANGE || std::fabs(alpha) > kMaxLoRAAlpha)
+    throw Error(spec + ": the alpha after ':' must be a finite number in [-100, 100], got " + tail);
+  return {spec.substr(0, colon), alpha};
 }
 
 }  // namespace diffsynth::cli

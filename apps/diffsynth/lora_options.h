@@ -21,7 +21,9 @@ struct LoRAArgs {
   nlohmann::ordered_json apply(Module& model, c10::ScalarType dtype, const torch::Device& device, bool verbose) const;
 };
 
-// FILE[:alpha]; a colon belonging to the path (no number after it) stays in the path.
+// FILE[:alpha]; a colon belonging to the path (no number after it) stays in the path. An alpha
+// that is not finite or past +-kMaxLoRAAlpha is an Error naming the spec.
+inline constexpr double kMaxLoRAAlpha = 100;
 std::pair<std::string, double> split_lora(const std::string& spec);
 
 }  // namespace diffsynth::cli

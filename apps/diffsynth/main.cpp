@@ -19,10 +19,12 @@
 #include "apps/diffsynth/app_paths.h"
 #include "apps/diffsynth/generate.h"
 #include "apps/diffsynth/lora_options.h"
+#include "apps/diffsynth/option_checks.h"
 #include "apps/diffsynth/vram_options.h"
 #include "configs/model_configs.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/loader/file.h"
 #include "core/loader/safetensors.h"
 #include "core/registry.h"
@@ -35,18 +37,6 @@ using namespace diffsynth;
 
 namespace {
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
-  return buf;
-}
-
 std::string short_class(const std::string& dotted) {
   auto dot = dotted.rfind('.');
   return dot == std::string::npos ? dotted : dotted.substr(dot + 1);
@@ -58,21 +48,39 @@ struct TensorRow {
   std::uint64_t nbytes = 0;
 };
 
-std::vector<TensorRow> list_tensors(const ModelPaths& paths, std::vector<std::string>& notes) {
+// Everything inspect shows, each file read once (a 200,000-tensor header is 13 MB of JSON).
+struct Inspection {
   std::vector<TensorRow> rows;
+  KeysDict layout;                    // for the hash and the diagnosis
+  std::vector<SafetensorsHeader> headers;
+  bool all_safetensors = true;
+  std::vector<std::string> notes;
+};
+
+Inspection inspect_files(const ModelPaths& paths) {
+  Inspection out;
   for (const auto& p : paths) {
     if (is_safetensors_path(p)) {
-      for (const auto& t : read_safetensors_header(p).tensors)
-        rows.push_back({p, t.name, t.dtype_name, t.shape, t.end - t.begin});
+      out.headers.push_back(read_safetensors_header(p));
+      KeysDict keys;
+      keys.entries.reserve(out.headers.back().tensors.size());
+      for (const auto& t : out.headers.back().tensors) {
+        out.rows.push_back({p, t.name, t.dtype_name, t.shape, t.end - t.begin});
+        keys.entries.push_back(KeysEntry{t.name, t.shape, nullptr});  // unique: the parser checked
+      }
+      out.layout.update(std::move(keys));
     } else {
+      out.all_safetensors = false;
       StateDict sd = load_state_dict({p});
       for (const auto& [k, v] : sd)
-        rows.push_back({p, k, dtype_name(v.scalar_type()).substr(6), v.sizes().vec(),
-                        static_cast<std::uint64_t>(v.numel()) * v.element_size()});
-      for (const auto& k : sd.non_tensor_keys) notes.push_back(p + ": '" + k + "' is not a tensor (nested dict or value)");
+        out.rows.push_back({p, k, dtype_name(v.scalar_type()).substr(6), v.sizes().vec(),
+                            static_cast<std::uint64_t>(v.numel()) * v.element_size()});
+      for (const auto& k : sd.non_tensor_keys)
+        out.notes.push_back(p + ": '" + k + "' is not a tensor (nested dict or value)");
+      out.layout.update(load_keys_dict({p}));
     }
   }
-  return rows;
+  return out;
 }
 
 int cmd_hash(const std::vector<std::string>& files, bool without_shape) {
@@ -82,9 +90,10 @@ int cmd_hash(const std::vector<std::string>& files, bool without_shape) {
 
 int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_tensors) {
   const ModelPaths paths = expand_model_paths(files);
-  std::vector<std::string> notes;
-  const auto rows = list_tensors(paths, notes);
-  const std::string model_hash = hash_model_file(paths);
+  Inspection found = inspect_files(paths);
+  const auto& rows = found.rows;
+  const auto& notes = found.notes;
+  const std::string model_hash = md5_hex(convert_keys_dict_to_single_str(found.layout));
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> by_dtype;  // dtype -> (elements, bytes)
   std::uint64_t total_bytes = 0, total_elems = 0;
   for (const auto& r : rows) {
@@ -96,12 +105,10 @@ int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_te
     total_elems += n;
   }
   std::map<std::string, std::string> metadata;
-  bool all_st = true;
-  for (const auto& p : paths) all_st = all_st && is_safetensors_path(p);
-  if (all_st) metadata = load_metadata_from_safetensors(paths);
+  if (found.all_safetensors) metadata = merge_safetensors_metadata(found.headers);
   const auto configs = find_model_configs(model_hash);
   std::string diagnosis;
-  if (configs.empty()) diagnosis = diagnose_unknown_model(paths);
+  if (configs.empty()) diagnosis = diagnose_unknown_model(found.layout);
 
   if (as_json) {
     nlohmann::ordered_json j;
@@ -219,7 +226,7 @@ std::vector<std::int64_t> parse_shape(const std::string& s, const char* what) {
 struct ForwardArgs {
   std::string latents = "1x16x16x16";
   std::int64_t text_tokens = 8;
-  std::uint64_t seed = 0;
+  std::string seed = "0";
   int repeat = 1;
 };
 
@@ -228,29 +235,44 @@ int cmd_forward(const std::vector<std::string>& files, const std::string& dtype_
   const auto shape = parse_shape(fa.latents, "--latents");
   if (shape[1] != 16) throw Error("--latents: the Qwen-Image DiT takes 16 latent channels, got " + std::to_string(shape[1]));
   if (shape[2] % 2 || shape[3] % 2) throw Error("--latents: height and width must be even (2x2 patches)");
-  if (fa.text_tokens <= 0) throw Error("--text-tokens must be positive");
+  const std::optional<std::uint64_t> seed = cli::parse_seed(fa.seed);
   const ModelPaths paths = expand_model_paths(files);
   VRAMConfig config = vram.config(dtype_s, device_s);
-  const auto dtype = parse_dtype(*config.computation_dtype);
+  const auto dtype = parse_computation_dtype(*config.computation_dtype);
   const auto device = parse_device(*config.computation_device);
+  // Sizes from the command line are bounded by memory before anything is allocated (double:
+  // a product of four dimensions may not fit in 64 bits).
+  const double latent_elements = static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3];
+  const double elt = static_cast<double>(c10::elementSize(dtype));
+  cli::check_memory(latent_elements * (4 + elt), "--latents " + fa.latents + " (" + human_bytes(latent_elements * 4) +
+                                                " as float32)", device);
   const auto t0 = std::chrono::steady_clock::now();
   ModelPool pool;
   pool.auto_load_model(paths, config, vram.vram_limit);
   auto dit = std::dynamic_pointer_cast<QwenImageDiTImpl>(pool.fetch_model("qwen_image_dit"));
   if (!dit) throw Error(path_str(paths) + ": no qwen_image_dit model in these file(s)");
+  const double text_elements = static_cast<double>(fa.text_tokens) * static_cast<double>(dit->config.joint_attention_dim);
+  cli::check_memory(text_elements * (4 + elt), "--text-tokens " + std::to_string(fa.text_tokens) + " (" +
+                                              std::to_string(fa.text_tokens) + " x " +
+                                              std::to_string(dit->config.joint_attention_dim) + " text embeddings)", device);
+  // One block's activations over every token (see QwenImagePipeline::working_memory_bytes).
+  const double tokens = static_cast<double>(shape[0]) * (shape[2] / 2) * (shape[3] / 2) + static_cast<double>(fa.text_tokens);
+  cli::check_memory(latent_elements * (4 + elt) + text_elements * (4 + elt) + 10 * tokens * dit->config.dim * elt,
+               "a DiT forward over " + std::to_string(static_cast<long long>(tokens)) + " tokens (--latents " + fa.latents +
+                   ", --text-tokens " + std::to_string(fa.text_tokens) + ")",
+               device);
   // The pipeline's load_models_to_device(["dit"]).
   if (vram_management_enabled(*dit)) vram_onload(*dit);
   lora.apply(*dit, dtype, device, /*verbose=*/true);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   torch::NoGradGuard no_grad;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(fa.seed);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed.value_or(0));
   QwenImageDiTInputs in;
   in.latents = torch::randn(shape, gen, torch::kFloat32).to(device, dtype);
   in.prompt_emb = torch::randn({1, fa.text_tokens, dit->config.joint_attention_dim}, gen, torch::kFloat32).to(device, dtype);
   in.prompt_emb_mask = torch::ones({1, fa.text_tokens}, torch::TensorOptions().dtype(torch::kLong).device(device));
   in.timestep = torch::full({1}, 500.0, torch::TensorOptions().dtype(dtype).device(device));
-  if (fa.repeat < 1) throw Error("--repeat must be >= 1");
   torch::Tensor o;
   std::vector<double> times;
   for (int i = 0; i < fa.repeat; ++i) {
@@ -298,7 +320,7 @@ int main(int argc, char** argv) {
 
   auto* load = app.add_subcommand("load", "Identify and load the model(s) in a checkpoint, as ModelPool.auto_load_model");
   load->add_option("files", files, "Model file(s), a folder or an *.index.json")->required();
-  load->add_option("--dtype", dtype, "Computation dtype (bfloat16, float32, float16)")->capture_default_str();
+  load->add_option("--dtype", dtype, "Computation dtype")->capture_default_str()->check(cli::computation_dtype());
   load->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
   load->add_flag("--touch", touch, "Read every weight once after loading (zero-copy weights are otherwise paged in on first use)");
   cli::VRAMArgs vram_args;
@@ -309,12 +331,27 @@ int main(int argc, char** argv) {
                                                 "print output statistics, time and peak RSS");
   forward->add_option("files", files, "Model file(s), a folder or an *.index.json")->required();
   forward->add_option("--latents", forward_args.latents, "Latent shape NxCxHxW")->capture_default_str();
-  forward->add_option("--text-tokens", forward_args.text_tokens, "Text tokens")->capture_default_str();
-  forward->add_option("--dtype", dtype, "Computation dtype (bfloat16, float32, float16)")->capture_default_str();
+  forward->add_option("--text-tokens", forward_args.text_tokens, "Text tokens")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 40));
+  forward->add_option("--dtype", dtype, "Computation dtype")->capture_default_str()->check(cli::computation_dtype());
   forward->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
-  forward->add_option("--seed", forward_args.seed, "Seed of the random inputs")->capture_default_str();
+  forward->add_option("--seed", forward_args.seed, "Seed of the random inputs, 0 to 2^64-1")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v == "-1") return "-1 (draw one) is for generate; forward needs a seed to be repeatable";
+            try {
+              cli::parse_seed(v);
+            } catch (const Error& e) {
+              return e.what();
+            }
+            return "";
+          },
+          "in [0, 2^64-1]"));
   forward->add_option("--repeat", forward_args.repeat, "Forwards to run (the later ones' median is printed too)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   vram_args.add(*forward);
   cli::LoRAArgs lora_args;
   lora_args.add(*forward);

@@ -1,10 +1,9 @@
 #include "apps/diffsynth/vram_options.h"
 
-#include <fstream>
-#include <sstream>
-
+#include "apps/diffsynth/option_checks.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/vram/layers.h"
 
 namespace diffsynth::cli {
@@ -16,18 +15,20 @@ void VRAMArgs::add(CLI::App& app) {
   app.add_option("--offload-dtype", offload_dtype, "Storage dtype for --offload cpu (fp8 = float8_e4m3fn, bf16, fp32)");
   app.add_option("--vram-limit", vram_limit,
                  "GiB of weights managed layers may keep resident in the computation dtype/device (greedy, first "
-                 "called first); without it the --offload shorthand keeps every layer offloaded");
+                 "called first); without it the --offload shorthand keeps every layer offloaded")
+      ->check(finite_in(0, 1 << 20));
   app.add_option("--vram-config", vram_config,
                  "The reference's vram_config as JSON text or a .json file (offload_dtype, offload_device, onload_*, "
                  "preparing_*, computation_*); overrides the shorthand options");
   app.add_option("--prefetch", prefetch,
                  "Managed layers copied ahead of their call (CUDA: pinned staging + side stream; CPU: file reads "
-                 "for --offload disk on a worker thread); 0 = off; default 2 on CUDA, off on the CPU");
+                 "for --offload disk on a worker thread); 0 = off; default 2 on CUDA, off on the CPU")
+      ->check(CLI::Range(0, 1000));
 }
 
 VRAMConfig VRAMArgs::config(const std::string& dtype, const std::string& device) const {
   VRAMConfig c = VRAMConfig::default_config();
-  c.computation_dtype = dtype_name(parse_dtype(dtype)).substr(6);
+  c.computation_dtype = dtype_name(parse_computation_dtype(dtype)).substr(6);
   c.computation_device = parse_device(device).str();
   if (vram_limit && !(*vram_limit >= 0)) throw Error("--vram-limit must be a number of GiB >= 0");
   if (prefetch && *prefetch < 0) throw Error("--prefetch must be a number of layers >= 0");
@@ -50,11 +51,12 @@ VRAMConfig VRAMArgs::config(const std::string& dtype, const std::string& device)
   if (!vram_config.empty()) {
     std::string text = vram_config;
     if (text.find('{') == std::string::npos) {
-      std::ifstream f(vram_config);
-      if (!f) throw Error("--vram-config: '" + vram_config + "' is neither JSON nor a readable file");
-      std::stringstream ss;
-      ss << f.rdbuf();
-      text = ss.str();
+      // Not JSON text: a file (a folder, FIFO or missing path says so).
+      try {
+        text = read_regular_file(vram_config, 1 << 20);
+      } catch (const Error& e) {
+        throw Error(std::string("--vram-config ") + e.what() + " (give the JSON text or a .json file)");
+      }
     }
     nlohmann::json j;
     try {

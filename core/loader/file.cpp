@@ -94,8 +94,7 @@ void load_one(const std::string& path, StateDict& out, std::optional<c10::Scalar
 KeysDict load_keys_dict(const ModelPaths& paths) {
   if (paths.empty()) throw Error("no model file given");
   KeysDict merged;
-  for (const auto& p : paths)
-    for (auto& e : load_keys_dict_one(p).entries) merged.set(std::move(e));
+  for (const auto& p : paths) merged.update(load_keys_dict_one(p));
   return merged;
 }
 
@@ -131,9 +130,15 @@ void convert_state_dict(StateDict& state_dict, std::optional<c10::ScalarType> dt
 }
 
 std::map<std::string, std::string> load_metadata_from_safetensors(const ModelPaths& paths) {
+  std::vector<SafetensorsHeader> headers;
+  for (const auto& p : paths) headers.push_back(read_safetensors_header(p));
+  return merge_safetensors_metadata(headers);
+}
+
+std::map<std::string, std::string> merge_safetensors_metadata(const std::vector<SafetensorsHeader>& headers) {
   std::map<std::string, std::string> out;
-  for (const auto& p : paths) {
-    for (const auto& [k, v] : read_safetensors_header(p).metadata) {
+  for (const auto& header : headers) {
+    for (const auto& [k, v] : header.metadata) {
       auto it = out.find(k);
       if (it == out.end()) {
         out[k] = v;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/loader/keys.h"
+#include "core/loader/safetensors_header.h"
 #include "core/loader/state_dict.h"
 
 namespace diffsynth {
@@ -32,5 +33,7 @@ StateDict open_state_dict(const ModelPaths& paths);
 void convert_state_dict(StateDict& state_dict, std::optional<c10::ScalarType> dtype, const torch::Device& device);
 
 std::map<std::string, std::string> load_metadata_from_safetensors(const ModelPaths& paths);
+// The same from headers already read (shards in order).
+std::map<std::string, std::string> merge_safetensors_metadata(const std::vector<SafetensorsHeader>& headers);
 
 }  // namespace diffsynth

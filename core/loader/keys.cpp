@@ -4,11 +4,12 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string_view>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/loader/safetensors_header.h"
 
 namespace diffsynth {
@@ -21,6 +22,11 @@ bool is_safetensors_path(const std::string& path) {
 }
 
 void KeysDict::set(KeysEntry e) {
+  if (index.size() != entries.size()) {
+    index.clear();
+    index.reserve(entries.size() * 2);
+    for (std::size_t i = 0; i < entries.size(); ++i) index.emplace(entries[i].key, i);
+  }
   auto it = index.find(e.key);
   if (it != index.end()) {
     entries[it->second] = std::move(e);
@@ -28,6 +34,14 @@ void KeysDict::set(KeysEntry e) {
     index.emplace(e.key, entries.size());
     entries.push_back(std::move(e));
   }
+}
+
+void KeysDict::update(KeysDict&& other) {
+  if (entries.empty()) {
+    *this = std::move(other);
+    return;
+  }
+  for (auto& e : other.entries) set(std::move(e));
 }
 
 namespace {
@@ -45,25 +59,39 @@ std::string shape_str(const std::vector<std::int64_t>& shape) {
 
 KeysDict load_safetensors_keys_dict(const std::string& path) {
   KeysDict out;
-  for (const auto& t : read_safetensors_header(path).tensors) out.set(KeysEntry{t.name, t.shape, nullptr});
+  auto header = read_safetensors_header(path);
+  out.entries.reserve(header.tensors.size());
+  // The header parser has refused duplicate keys: no index is needed to keep them unique.
+  for (auto& t : header.tensors) out.entries.push_back(KeysEntry{std::move(t.name), std::move(t.shape), nullptr});
   return out;
 }
 
 std::string convert_keys_dict_to_single_str(const KeysDict& keys, bool with_shape) {
-  std::vector<std::string> parts;
-  parts.reserve(keys.entries.size() * 2);
+  // Every part is written once into one buffer and sorted as views of it: 400,000 separately
+  // allocated strings made the sort slow on cache misses.
+  std::string arena;
+  std::vector<std::pair<std::size_t, std::size_t>> spans;  // (offset, length) in arena
+  spans.reserve(keys.entries.size() * 2);
+  auto add = [&](const std::string& text) {
+    spans.emplace_back(arena.size(), text.size());
+    arena += text;
+  };
   for (const auto& e : keys.entries) {
     if (e.dict) {
-      parts.push_back(e.key + "|" + convert_keys_dict_to_single_str(*e.dict, with_shape));
+      add(e.key + "|" + convert_keys_dict_to_single_str(*e.dict, with_shape));
     } else {
-      if (with_shape) parts.push_back(e.key + ":" + shape_str(e.shape));
-      parts.push_back(e.key);
+      if (with_shape) add(e.key + ":" + shape_str(e.shape));
+      add(e.key);
     }
   }
-  // std::string compares bytes as unsigned char: UTF-8 byte order == code-point order,
-  // which is how Python sorts str.
+  std::vector<std::string_view> parts;
+  parts.reserve(spans.size());
+  for (const auto& [offset, length] : spans) parts.emplace_back(arena.data() + offset, length);
+  // string_view compares bytes as unsigned char: UTF-8 byte order == code-point order, which is
+  // how Python sorts str.
   std::sort(parts.begin(), parts.end());
   std::string out;
+  out.reserve(arena.size() + parts.size());
   for (std::size_t i = 0; i < parts.size(); ++i) {
     if (i) out += ',';
     out += parts[i];
@@ -105,9 +133,7 @@ ModelPaths expand_model_paths(const std::vector<std::string>& args) {
     }
     const std::string suffix = ".index.json";
     if (arg.size() > suffix.size() && arg.compare(arg.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      std::ifstream in(arg);
-      if (!in) fail(arg, "cannot open");
-      nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+      nlohmann::json j = nlohmann::json::parse(read_regular_file(arg), nullptr, false);
       if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         fail(arg, "not a sharded-checkpoint index (no \"weight_map\" object)");
       std::set<std::string> shards;

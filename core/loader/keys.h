@@ -25,8 +25,12 @@ struct KeysEntry {
 };
 struct KeysDict {
   std::vector<KeysEntry> entries;
+  // key -> position in entries; built on the first set(), so a dict filled with unique keys
+  // (a safetensors header) and hashed as it is never pays for it.
   std::unordered_map<std::string, std::size_t> index;
   void set(KeysEntry e);
+  // Python's dict.update: later keys win, in place.
+  void update(KeysDict&& other);
 };
 
 // Keys and shapes from a safetensors header (no data read).

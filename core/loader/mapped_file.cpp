@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace diffsynth {
 
@@ -22,42 +23,6 @@ std::map<const std::uint8_t*, const MappedFile*>& live_maps() {
   return maps;
 }
 }  // namespace
-
-int open_regular_file(const std::string& path, std::uint64_t* size_out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    fail(path, std::string("cannot stat: ") + std::strerror(e));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    fail(path, "is a directory, not a model file");
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "is not a regular file");
-  }
-  if (size_out) *size_out = static_cast<std::uint64_t>(st.st_size);
-  return fd;
-}
-
-void read_exact(int fd, const std::string& path, std::uint64_t offset, void* out, std::size_t length) {
-  auto* dst = static_cast<std::uint8_t*>(out);
-  while (length > 0) {
-    ssize_t n = ::pread(fd, dst, length, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(path, std::string("read error: ") + std::strerror(errno));
-    }
-    if (n == 0) fail(path, "unexpected end of file");
-    dst += n;
-    offset += static_cast<std::uint64_t>(n);
-    length -= static_cast<std::size_t>(n);
-  }
-}
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   std::uint64_t size = 0;

@@ -5,6 +5,8 @@
 #include <memory>
 #include <string>
 
+#include "core/file_io.h"  // open_regular_file, read_exact
+
 namespace diffsynth {
 
 class MappedFile {
@@ -33,10 +35,5 @@ class MappedFile {
   std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
 };
-
-// Reads exactly `length` bytes at `offset` (pread); fails with a message naming `path`.
-void read_exact(int fd, const std::string& path, std::uint64_t offset, void* out, std::size_t length);
-// Opens `path` for reading, rejecting directories and unreadable paths with a clear message.
-int open_regular_file(const std::string& path, std::uint64_t* size_out);
 
 }  // namespace diffsynth

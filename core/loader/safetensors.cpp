@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace diffsynth {
 
@@ -66,18 +67,17 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   }
   std::string json = header.dump();
   json.append((8 - json.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) fail(path, std::string("cannot write: ") + std::strerror(errno));
-  unsigned char len[8];
-  std::uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(json.data(), 1, json.size(), f) == json.size();
-  for (const auto& c : data) {
-    const std::size_t nbytes = c.numel() * c.element_size();
-    if (ok && nbytes) ok = std::fwrite(c.data_ptr(), 1, nbytes, f) == nbytes;
-  }
-  if (std::fclose(f) != 0) ok = false;
-  if (!ok) fail(path, "write failed (disk full?)");
+  write_file_atomically(path, [&](std::FILE* f) {
+    unsigned char len[8];
+    std::uint64_t n = json.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+    bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(json.data(), 1, json.size(), f) == json.size();
+    for (const auto& c : data) {
+      const std::size_t nbytes = c.numel() * c.element_size();
+      if (ok && nbytes) ok = std::fwrite(c.data_ptr(), 1, nbytes, f) == nbytes;
+    }
+    if (!ok) fail(path, std::string("writing failed: ") + std::strerror(errno) + "; nothing written, any previous file is unchanged");
+  });
 }
 
 }  // namespace diffsynth

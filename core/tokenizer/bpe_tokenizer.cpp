@@ -24,6 +24,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace diffsynth {
 namespace {
@@ -619,18 +620,8 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
   std::vector<std::string> merge_parts_;
 };
 
-std::string read_file(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  std::string data;
-  char buffer[1 << 16];
-  std::size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) data.append(buffer, n);
-  const bool failed = std::ferror(f);
-  std::fclose(f);
-  if (failed) fail(path, "read error");
-  return data;
-}
+// Regular files only (a FIFO would block forever), at most 1 GiB.
+std::string read_file(const std::string& path) { return read_regular_file(path); }
 
 std::string type_of(const json& component) {
   if (component.is_object() && component.contains("type") && component["type"].is_string())
@@ -1113,7 +1104,10 @@ BPETokenizer BPETokenizer::from_file(const std::string& tokenizer_json) {
 BPETokenizer BPETokenizer::from_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) fail(dir, "not a tokenizer directory (no such directory)");
+  if (!fs::is_directory(dir, ec)) {
+    const std::string kind = describe_file_type(dir);
+    fail(dir, kind.empty() ? "not a tokenizer folder (no such folder)" : "is " + kind + ", not a tokenizer folder");
+  }
   const std::string file = (fs::path(dir) / "tokenizer.json").string();
   if (!fs::exists(file, ec)) fail(dir, "no tokenizer.json in this directory");
   BPETokenizer tokenizer = from_file(file);

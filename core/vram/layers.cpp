@@ -115,7 +115,7 @@ ResolvedVRAMConfig ResolvedVRAMConfig::resolve(const VRAMConfig& c, std::optiona
   ResolvedVRAMConfig r;
   const std::string cd = c.computation_dtype.value_or("bfloat16");
   if (cd == "disk") throw Error("vram_config: computation_dtype cannot be \"disk\"");
-  r.computation_dtype = parse_dtype(cd);
+  r.computation_dtype = parse_computation_dtype(cd);
   const std::string cdev = c.computation_device.value_or("cpu");
   if (cdev == "disk") throw Error("vram_config: computation_device cannot be \"disk\"");
   r.computation_device = parse_device(cdev);

@@ -205,7 +205,7 @@ TEST(Safetensors, RejectsOverflowingDims) {
 
 TEST(Safetensors, RejectsDirectoryAndMissingFile) {
   TempDir dir;
-  expect_bad(dir.str(), "is a directory");
+  expect_bad(dir.str(), "is a folder");
   expect_bad(dir.path("nope.safetensors"), "cannot open");
 }
 

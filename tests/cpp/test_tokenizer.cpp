@@ -151,7 +151,7 @@ TEST(Tokenizer, TinyFileLoadsAndMerges) {
 TEST(Tokenizer, LoadErrorsNameTheFileAndTheProblem) {
   TempDir dir;
   expect_error([&] { BPETokenizer::from_file(dir.path("missing.json")); }, {dir.path("missing.json"), "cannot open"});
-  expect_error([&] { BPETokenizer::from_dir(dir.path("nowhere")); }, {"nowhere", "no such directory"});
+  expect_error([&] { BPETokenizer::from_dir(dir.path("nowhere")); }, {"nowhere", "no such folder"});
   expect_error([&] { BPETokenizer::from_dir(dir.str()); }, {"no tokenizer.json"});
 
   const std::string good = tiny_tokenizer_json();

@@ -1,12 +1,14 @@
 #include "utils/lora/general.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <map>
 #include <set>
 #include <sstream>
 #include <unordered_map>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/loader/file.h"
 #include "core/loader/model.h"
@@ -203,7 +205,13 @@ bool fits(const torch::Tensor& up, const torch::Tensor& down, const torch::Tenso
 
 StateDict load_lora_state_dict(const std::string& path, std::optional<c10::ScalarType> dtype,
                                const torch::Device& device) {
-  return load_state_dict(expand_model_paths({path}), dtype, device);
+  StateDict lora = load_state_dict(expand_model_paths({path}), dtype, device);
+  // A NaN or Inf weight would turn every image it touches black; say which tensor it is.
+  for (const auto& [key, value] : lora)
+    if (value.is_floating_point() && !torch::isfinite(value).all().item<bool>())
+      fail(path, "LoRA tensor '" + key + "' holds NaN or Inf values" +
+                     (dtype ? " (read as " + dtype_name(*dtype).substr(6) + ")" : std::string()));
+  return lora;
 }
 
 StateDict convert_lora_state_dict(const StateDict& lora) {
@@ -346,6 +354,7 @@ std::int64_t hotload_lora(Module& model, const LoRAPairs& lora, double alpha, co
 
 std::int64_t load_lora(Module& model, const std::string& file, double alpha, std::optional<bool> hotload,
                        c10::ScalarType dtype, const torch::Device& device, bool verbose) {
+  if (!std::isfinite(alpha)) fail(file, "LoRA alpha must be a finite number, got " + std::to_string(alpha));
   const bool hot = hotload.value_or(vram_management_enabled(model));
   const StateDict lora = load_lora_state_dict(file, dtype, device);
   const LoRAPairs pairs = convert_lora(lora, model, file);
