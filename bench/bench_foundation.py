@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import compare, gib, machine, write_sparse_safetensors  # noqa: E402
+from common import compare, gib, print_rows, write_sparse_safetensors  # noqa: E402
 
 
 def dit_layout():
@@ -66,12 +66,7 @@ def main():
         rows.append(compare(f"{label}, {gib(size)} file", ours, [py, "-c", ref_load, ckpt, dtype, touch], args.repeats))
         rows[-1]["file_size"] = size
 
-    print(f"machine: {machine()}")
-    print("| benchmark | diffsynth.cpp | reference | speed-up | peak RSS ours | peak RSS reference |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['name']} | {r['ours_wall_s']:.3f} s | {r['ref_wall_s']:.3f} s | {r['speedup']:.1f}x | "
-              f"{gib(r['ours_peak_rss'])} | {gib(r['ref_peak_rss'])} |")
+    print_rows(rows)
     for p in paths:
         os.remove(p)
 

@@ -12,7 +12,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import compare, gib, machine  # noqa: E402
+from common import compare, print_rows  # noqa: E402
 
 N = 200_000
 
@@ -68,12 +68,7 @@ def main():
     rows.append(compare(f"inspect (ours) vs hash (reference), {label}", [exe, "inspect", index], ref_hash + shards,
                         args.repeats))
 
-    print(f"machine: {machine()}")
-    print("| benchmark | diffsynth.cpp | reference | speed-up | peak RSS ours | peak RSS reference |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['name']} | {r['ours_wall_s']:.3f} s | {r['ref_wall_s']:.3f} s | {r['speedup']:.1f}x | "
-              f"{gib(r['ours_peak_rss'])} | {gib(r['ref_peak_rss'])} |")
+    print_rows(rows)
     os.remove(one)
     for p in shards + [index]:
         os.remove(p)

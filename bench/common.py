@@ -63,6 +63,16 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def print_rows(rows):
+    """The machine line and a Markdown table of compare() rows, as BENCHMARKS.md shows them."""
+    print(f"machine: {machine()}")
+    print("| benchmark | diffsynth.cpp | reference | speed-up | peak RSS ours | peak RSS reference |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['ours_wall_s']:.3f} s | {r['ref_wall_s']:.3f} s | {r['speedup']:.1f}x | "
+              f"{gib(r['ours_peak_rss'])} | {gib(r['ref_peak_rss'])} |")
+
+
 def gib(b):
     return f"{b / 2 ** 30:.2f} GiB"
 

@@ -86,16 +86,7 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("-p,--prompt", a.prompt, "Prompt");
   g.add_option("-n,--negative-prompt", a.negative_prompt, "Negative prompt (used when --cfg-scale is not 1)");
   g.add_option("--seed", a.seed, "Seed of the initial noise, 0 to 2^64-1; -1 or none: drawn at random (written to the PNG)")
-      ->check(CLI::Validator(
-          [](std::string& s) -> std::string {
-            try {
-              parse_seed(s);
-            } catch (const Error& e) {
-              return e.what();
-            }
-            return "";
-          },
-          "in [0, 2^64-1] or -1"));
+      ->check(seed_value());
   g.add_option("--steps", a.steps, "Denoising steps: 2 to 10000 (1 only for img2img with --strength below 1)")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000));

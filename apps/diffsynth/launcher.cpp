@@ -4,6 +4,7 @@
 // CLI) by exec with the same arguments. `diffsynth tokenize` (no libtorch either) runs here too.
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <climits>
 #include <cstdlib>
@@ -134,8 +135,10 @@ int tokenize_main(int argc, char** argv) {
     else if (a == "--max-length" || a == "--bench") {
       const std::string v = value(i);
       char* stop = nullptr;
+      errno = 0;
       const long long n = std::strtoll(v.c_str(), &stop, 10);
-      if (v.empty() || *stop != '\0' || n < 1) throw TokenizeError(a + " needs a positive integer, got \"" + v + "\"");
+      if (v.empty() || *stop != '\0' || n < 1 || errno == ERANGE || n > INT32_MAX)
+        throw TokenizeError(a + " needs a positive integer up to " + std::to_string(INT32_MAX) + ", got \"" + v + "\"");
       if (a == "--bench") bench_repeats = static_cast<long>(n);
       else max_length = static_cast<std::size_t>(n);
     } else if (a == "--") {

@@ -15,16 +15,8 @@ namespace diffsynth::cli {
 
 void LoRAArgs::add(CLI::App& app) {
   app.add_option("--lora", loras, "LoRA file for the DiT, FILE[:alpha], alpha in [-100, 100] (repeat for several; they stack)")
-      ->check(CLI::Validator(
-          [](std::string& spec) -> std::string {
-            try {
-              check_model_files(split_lora(spec).first, "");
-            } catch (const Error& e) {
-              return e.what();
-            }
-            return "";
-          },
-          "FILE[:ALPHA]"));
+      ->check(throwing_check([](const std::string& spec) { check_model_files(split_lora(spec).first, ""); },
+                             "FILE[:ALPHA]"));
   app.add_option("--lora-mode", mode,
                  "auto: hot-load onto the wrapped layers when VRAM management is on (--offload, --vram-limit, "
                  "--vram-config), else fuse into the weights; fuse; hotload")

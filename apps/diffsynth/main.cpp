@@ -338,15 +338,10 @@ int main(int argc, char** argv) {
   forward->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
   forward->add_option("--seed", forward_args.seed, "Seed of the random inputs, 0 to 2^64-1")
       ->capture_default_str()
-      ->check(CLI::Validator(
-          [](std::string& v) -> std::string {
-            if (v == "-1") return "-1 (draw one) is for generate; forward needs a seed to be repeatable";
-            try {
-              cli::parse_seed(v);
-            } catch (const Error& e) {
-              return e.what();
-            }
-            return "";
+      ->check(cli::throwing_check(
+          [](const std::string& v) {
+            if (v == "-1") throw Error("-1 (draw one) is for generate; forward needs a seed to be repeatable");
+            cli::parse_seed(v);
           },
           "in [0, 2^64-1]"));
   forward->add_option("--repeat", forward_args.repeat, "Forwards to run (the later ones' median is printed too)")

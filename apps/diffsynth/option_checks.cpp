@@ -59,17 +59,25 @@ CLI::Validator thread_count() {
       "in [1, " + std::to_string(most) + "]");
 }
 
-CLI::Validator computation_dtype() {
+CLI::Validator throwing_check(std::function<void(const std::string&)> check, std::string description) {
   return CLI::Validator(
-      [](std::string& input) -> std::string {
+      [check = std::move(check)](std::string& input) -> std::string {
         try {
-          parse_computation_dtype(input);
+          check(input);
         } catch (const Error& e) {
           return e.what();
         }
         return "";
       },
-      "bfloat16|float32|float16");
+      std::move(description));
+}
+
+CLI::Validator computation_dtype() {
+  return throwing_check([](const std::string& s) { parse_computation_dtype(s); }, "bfloat16|float32|float16");
+}
+
+CLI::Validator seed_value() {
+  return throwing_check([](const std::string& s) { parse_seed(s); }, "in [0, 2^64-1] or -1");
 }
 
 std::optional<std::uint64_t> parse_seed(const std::string& text) {

@@ -6,11 +6,16 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
 namespace diffsynth::cli {
 
+// A validator from a check that throws Error: its message becomes CLI11's "--option: <message>".
+CLI::Validator throwing_check(std::function<void(const std::string&)> check, std::string description);
+// --seed of generate: 0 .. 2^64-1 or -1 (draw one).
+CLI::Validator seed_value();
 // A finite floating-point value in [lo, hi] (or (lo, hi] with lo_open). NaN and Inf are refused
 // (CLI::Range lets NaN through: every comparison with it is false).
 CLI::Validator finite_in(double lo, double hi, bool lo_open = false);

@@ -112,6 +112,87 @@ std::string md5_hex(const std::string& bytes) {
   return out;
 }
 
+namespace {
+
+// The shard names an HF index's "weight_map" object lists, read by SAX: a DOM of 200,000 entries
+// costs seconds for the few distinct names it holds.
+class IndexSax : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  std::set<std::string> shards;
+  std::string error;
+  bool has_weight_map = false;
+
+  bool null() override { return value("null"); }
+  bool boolean(bool) override { return value("a boolean"); }
+  bool number_integer(number_integer_t) override { return value("a number"); }
+  bool number_unsigned(number_unsigned_t) override { return value("a number"); }
+  bool number_float(number_float_t, const string_t&) override { return value("a number"); }
+  bool string(string_t& v) override {
+    if (in_map()) shards.insert(std::move(v));
+    return true;
+  }
+  bool binary(binary_t&) override { return false; }
+  bool start_object(std::size_t) override { return open(true); }
+  bool start_array(std::size_t) override { return open(false); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+  bool key(string_t& k) override {
+    if (depth_ == 1) top_key_ = k;
+    key_ = std::move(k);
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    if (error.empty()) error = std::string("not valid JSON (") + e.what() + ")";
+    return false;
+  }
+
+ private:
+  bool in_map() const { return depth_ == 2 && map_depth_ == 2; }
+  bool value(const char* what) {
+    if (!in_map()) return true;
+    error = "weight_map entry '" + key_ + "' is " + what + ", not a file name";
+    return false;
+  }
+  bool open(bool object) {
+    if (in_map()) {
+      error = "weight_map entry '" + key_ + "' is not a file name";
+      return false;
+    }
+    if (depth_ == 0 && !object) {
+      error = "not a sharded-checkpoint index (a JSON array, not an object)";
+      return false;
+    }
+    ++depth_;
+    if (depth_ == 2 && top_key_ == "weight_map" && object) {
+      map_depth_ = 2;
+      has_weight_map = true;
+    }
+    return true;
+  }
+  bool close() {
+    if (depth_ == map_depth_) map_depth_ = 0;
+    --depth_;
+    return true;
+  }
+  int depth_ = 0, map_depth_ = 0;
+  std::string top_key_, key_;
+};
+
+std::set<std::string> index_shards(const std::string& path, const std::string& text) {
+  IndexSax sax;
+  bool ok = false;
+  try {
+    ok = nlohmann::json::sax_parse(text, &sax);
+  } catch (const nlohmann::json::exception& e) {
+    if (sax.error.empty()) sax.error = std::string("not valid JSON (") + e.what() + ")";
+  }
+  if (!ok && !sax.error.empty() && sax.error.rfind("weight_map", 0) == 0) fail(path, sax.error);
+  if (!ok || !sax.has_weight_map) fail(path, "not a sharded-checkpoint index (no \"weight_map\" object)");
+  return sax.shards;
+}
+
+}  // namespace
+
 ModelPaths expand_model_paths(const std::vector<std::string>& args) {
   ModelPaths out;
   for (const auto& arg : args) {
@@ -133,14 +214,7 @@ ModelPaths expand_model_paths(const std::vector<std::string>& args) {
     }
     const std::string suffix = ".index.json";
     if (arg.size() > suffix.size() && arg.compare(arg.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      nlohmann::json j = nlohmann::json::parse(read_regular_file(arg), nullptr, false);
-      if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-        fail(arg, "not a sharded-checkpoint index (no \"weight_map\" object)");
-      std::set<std::string> shards;
-      for (const auto& [k, v] : j["weight_map"].items()) {
-        if (!v.is_string()) fail(arg, "weight_map entry '" + k + "' is not a file name");
-        shards.insert(v.get<std::string>());
-      }
+      const std::set<std::string> shards = index_shards(arg, read_regular_file(arg));
       const fs::path dir = fs::path(arg).parent_path();
       for (const auto& s : shards) {
         const std::string p = (dir / s).string();

@@ -285,7 +285,7 @@ TEST_F(TorchPickle, BrokenArchives) {
     expect_one_line_error(load_error(fx(c.file)), fx(c.file), c.needle);
   }
   const std::string dir = fx("");
-  expect_one_line_error(load_error(dir), dir, "directory");
+  expect_one_line_error(load_error(dir), dir, "is a folder");
   expect_one_line_error(load_error(fx("does_not_exist.pth")), fx("does_not_exist.pth"), "cannot open");
 }
 

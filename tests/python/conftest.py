@@ -32,3 +32,14 @@ def run(cmd, check=True, **kw):
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def one_line_error(p, *needles):
+    """A refused command: exit 2 and one "diffsynth: error: ..." line holding every needle."""
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("diffsynth: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

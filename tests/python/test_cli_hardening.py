@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import run
+from conftest import one_line_error, run
 
 PREVIOUS = b"previous output, must survive"
 
@@ -52,16 +52,6 @@ def _number(text):
         return True
     except ValueError:
         return False
-
-
-def one_line_error(p, *needles):
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("diffsynth: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def no_temp_files(folder):

@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run
+from conftest import one_line_error, run
 
 FAST = ["--steps", "2", "--width", "32", "--height", "32", "-q", "--threads", "2"]
 
 
 def generate(diffsynth_bin, out, *args, check=True):
     return run([diffsynth_bin, "generate", "-o", out] + FAST + [str(a) for a in args], check=check)
-
-
-def one_line_error(p, *needles):
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("diffsynth: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def test_default_model_writes_png_with_parameters(tmp_path, diffsynth_bin):

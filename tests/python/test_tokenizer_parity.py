@@ -117,6 +117,7 @@ def test_gtest_constants_match_reference(reference):
     (["--decode", "--json"], "[1, \"x\"]\n", "not a token id"),
     (["--json"], "not json\n", "not a JSON line"),
     (["--max-length", "0", "x"], None, "--max-length needs a positive integer"),
+    (["--max-length", "99999999999999999999", "x"], None, "--max-length needs a positive integer up to 2147483647"),
     (["--bogus"], None, "unknown option --bogus"),
     (["--tokenizer"], None, "--tokenizer needs a value"),
 ])

@@ -85,7 +85,7 @@ def test_offload_configs_match_resident(diffsynth_bin, tmp_path):
     (["--vram-limit", "4"], "--vram-limit needs --offload"),
     (["--vram-config", '{"offload_dtyp": "disk"}'], "unknown field 'offload_dtyp'"),
     (["--latents", "1x16x8"], "--latents"),
-    (["--offload", "disk", "--prefetch", "-1"], "--prefetch must be a number of layers >= 0"),
+    (["--offload", "disk", "--prefetch", "-1"], "--prefetch: Value -1 not in range 0 to 1000"),
 ])
 def test_bad_options(diffsynth_bin, tmp_path, opts, msg):
     p = run([diffsynth_bin, "forward", str(tmp_path / "missing.safetensors"), *opts], check=False)
