@@ -183,7 +183,9 @@ std::pair<Module*, torch::Tensor> weight_of(const Module& model, const std::stri
   for (const auto& item : model.named_modules("", /*include_self=*/true)) {
     if (item.key() != path) continue;
     auto* owner = dynamic_cast<Module*>(item.value().get());
-    const auto* w = item.value()->named_parameters(/*recurse=*/false).find("weight");
+    // The dict is kept: find() points into it.
+    const auto params = item.value()->named_parameters(/*recurse=*/false);
+    const auto* w = params.find("weight");
     if (!owner || !w) break;
     return {owner, *w};
   }
