@@ -9,12 +9,11 @@
 
 Usage: python bench/bench_foundation.py BUILD_DIR [--out bench/out] [--repeats 3]
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import compare, gib, print_rows, write_sparse_safetensors  # noqa: E402
+from common import bench_args, compare, gib, print_rows, write_sparse_safetensors  # noqa: E402
 
 
 def dit_layout():
@@ -27,14 +26,7 @@ def dit_layout():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("build")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    exe = os.path.join(args.build, "bin", "diffsynth")
-    py = sys.executable
+    args, exe, py = bench_args()
     rows = []
 
     # 1. identification of a 9-shard DiT checkpoint

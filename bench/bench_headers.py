@@ -5,14 +5,13 @@ hash_model_file, whole processes, same files, alternating.
 
 Usage: python bench/bench_headers.py BUILD_DIR [--out bench/out] [--repeats 3]
 """
-import argparse
 import json
 import os
 import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import compare, print_rows  # noqa: E402
+from common import bench_args, compare, print_rows  # noqa: E402
 
 N = 200_000
 
@@ -29,14 +28,7 @@ def write_many_tensors(path, names):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("build")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    exe = os.path.join(args.build, "bin", "diffsynth")
-    py = sys.executable
+    args, exe, py = bench_args()
     names = [f"blocks.{(i * 7919) % N}.attn.to_q.weight" for i in range(N)]
     rows = []
     ref_hash = [py, "-c", "import sys; from diffsynth.core.loader.file import hash_model_file; print(hash_model_file(sys.argv[1:]))"]

@@ -63,6 +63,19 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def bench_args():
+    """BUILD_DIR [--out bench/out] [--repeats 3], the output folder created; returns (args, the
+    diffsynth launcher, this Python)."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("build")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    return args, os.path.join(args.build, "bin", "diffsynth"), sys.executable
+
+
 def print_rows(rows):
     """The machine line and a Markdown table of compare() rows, as BENCHMARKS.md shows them."""
     print(f"machine: {machine()}")
