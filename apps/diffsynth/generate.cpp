@@ -211,7 +211,6 @@ int cmd_generate(const GenerateArgs& a) {
         std::cerr << "diffsynth: no --model given: using the tiny random-weight Qwen-Image in " << model_dir
                   << " (it draws noise; pass --model-dir /path/to/Qwen-Image for real images)\n";
     }
-    if (!is_dir(model_dir)) throw Error("--model-dir " + model_dir + ": not a folder");
     for (const char* role : {"text_encoder", "transformer", "vae"})
       if (auto p = role_folder(model_dir, role)) files.push_back(*p);
   }

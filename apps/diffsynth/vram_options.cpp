@@ -30,8 +30,7 @@ VRAMConfig VRAMArgs::config(const std::string& dtype, const std::string& device)
   VRAMConfig c = VRAMConfig::default_config();
   c.computation_dtype = dtype_name(parse_computation_dtype(dtype)).substr(6);
   c.computation_device = parse_device(device).str();
-  if (vram_limit && !(*vram_limit >= 0)) throw Error("--vram-limit must be a number of GiB >= 0");
-  if (prefetch && *prefetch < 0) throw Error("--prefetch must be a number of layers >= 0");
+  // --vram-limit and --prefetch are bounded by their validators (add()).
   set_vram_prefetch_layers(prefetch);
   if (!offload.empty() && offload != "cpu" && offload != "disk" && offload != "none")
     throw Error("--offload must be cpu, disk or none, got '" + offload + "'");
