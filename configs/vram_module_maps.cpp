@@ -29,6 +29,11 @@ const std::map<std::string, std::vector<VRAMModuleMapEntry>>& maps() {
       {"diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet",
        {{"diffsynth.models.qwen_image_dit.RMSNorm", AWM}, {"torch.nn.Linear", AWL}}},
       {"diffsynth.models.qwen_image_image2lora.QwenImageImage2LoRAModel", {{"torch.nn.Linear", AWL}}},
+      {"diffsynth.models.wan_video_text_encoder.WanTextEncoder",
+       {{"torch.nn.Linear", AWL},
+        {"torch.nn.Embedding", AWM},
+        {"diffsynth.models.wan_video_text_encoder.T5RelativeEmbedding", AWM},
+        {"diffsynth.models.wan_video_text_encoder.T5LayerNorm", AWM}}},
   };
   return m;
 }

@@ -68,3 +68,27 @@ def te_checkpoint_name(k):
     if k.startswith("model.visual."):
         return k[len("model."):]
     return k
+
+
+def reduced_wan_text_encoder(vocab=1000, dim=64, dim_attn=64, dim_ffn=160, num_heads=4, num_layers=3,
+                             num_buckets=32, shared_pos=False, seed=0):
+    """The reference WanTextEncoder (UMT5 encoder) by its own constructor at reduced sizes, in eval
+    mode (dropout off, as the loader leaves it), with random weights on the scale of trained ones:
+    q / k / v / gate / fc1 ~ N(0, 1/dim) so that the unscaled T5 attention logits are O(1) and
+    relative position biases ~ N(0, 1) matter (the reference's init_weights makes both tiny).
+    Returns (model, kwargs): kwargs are the extra_kwargs our class takes for the same model."""
+    from diffsynth.models.wan_video_text_encoder import WanTextEncoder
+    kwargs = dict(vocab=vocab, dim=dim, dim_attn=dim_attn, dim_ffn=dim_ffn, num_heads=num_heads,
+                  num_layers=num_layers, num_buckets=num_buckets, shared_pos=shared_pos)
+    m = WanTextEncoder(**kwargs).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if "norm" in name:
+                p.copy_(1 + 0.1 * r)
+            elif "token_embedding" in name or "pos_embedding" in name:
+                p.copy_(r)
+            else:
+                p.copy_(r * p.shape[-1] ** -0.5)
+    return m, kwargs
