@@ -32,6 +32,35 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return h;
 }
 
+LayerNormImpl::LayerNormImpl(std::int64_t d, double e, bool affine) : dim(d), eps(e), elementwise_affine(affine) {
+  set_reference_classes({"torch.nn.LayerNorm"});
+  if (affine) {
+    meta_parameter("weight", {d});
+    meta_parameter("bias", {d});
+  }
+}
+
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
+  if (!elementwise_affine) return torch::layer_norm(x, {dim}, {}, {}, eps);
+  return torch::layer_norm(x, {dim}, compute_param("weight"), compute_param("bias"), eps);
+}
+
+ConvImpl::ConvImpl(std::int64_t in, std::int64_t out, std::vector<std::int64_t> k, std::vector<std::int64_t> s,
+                   std::vector<std::int64_t> p)
+    : kernel(std::move(k)), stride(std::move(s)), padding(std::move(p)) {
+  if (padding.empty()) padding.assign(kernel.size(), 0);
+  set_reference_classes({kernel.size() == 3 ? "torch.nn.Conv3d" : "torch.nn.Conv2d"});
+  std::vector<std::int64_t> shape = {out, in};
+  shape.insert(shape.end(), kernel.begin(), kernel.end());
+  meta_parameter("weight", shape);
+  meta_parameter("bias", {out});
+}
+
+torch::Tensor ConvImpl::forward(const torch::Tensor& x) {
+  if (kernel.size() == 3) return torch::conv3d(x, compute_param("weight"), compute_param("bias"), stride, padding);
+  return torch::conv2d(x, compute_param("weight"), compute_param("bias"), stride, padding);
+}
+
 WeightImpl::WeightImpl(std::vector<std::int64_t> shape, std::vector<std::string> reference_classes) {
   meta_parameter("weight", std::move(shape));
   set_reference_classes(std::move(reference_classes));

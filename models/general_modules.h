@@ -30,6 +30,28 @@ class RMSNormImpl : public Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// torch.nn.LayerNorm over the last dimension; weight and bias [dim] when elementwise_affine.
+class LayerNormImpl : public Module {
+ public:
+  LayerNormImpl(std::int64_t dim, double eps, bool elementwise_affine = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  std::int64_t dim;
+  double eps;
+  bool elementwise_affine;
+};
+TORCH_MODULE(LayerNorm);
+
+// torch.nn.Conv2d / torch.nn.Conv3d (zero padding, no dilation or groups): weight
+// [out, in, *kernel], bias [out]. The rank (2 or 3) is the kernel's length.
+class ConvImpl : public Module {
+ public:
+  ConvImpl(std::int64_t in, std::int64_t out, std::vector<std::int64_t> kernel, std::vector<std::int64_t> stride,
+           std::vector<std::int64_t> padding = {});
+  torch::Tensor forward(const torch::Tensor& x);
+  std::vector<std::int64_t> kernel, stride, padding;
+};
+TORCH_MODULE(Conv);
+
 // A module that only holds "weight": nn.Embedding ([num, dim], looked up with torch::embedding)
 // or a bias-free layer whose forward lives in its owner.
 class WeightImpl : public Module {

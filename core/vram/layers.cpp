@@ -147,7 +147,11 @@ std::shared_ptr<VRAMWrapper> VRAMWrapper::wrap(Module& module, const std::string
                                                const ResolvedVRAMConfig& config, bool from_disk,
                                                VRAMWrapperKind kind) {
   auto w = std::make_shared<VRAMWrapper>(module, name, config, kind);
+  // AutoWrappedNonRecurseModule manages only the module's own parameters; its children are
+  // wrapped (or not) by the recursion that follows.
+  const bool recurse = kind != VRAMWrapperKind::AutoWrappedNonRecurseModule;
   for (const auto& item : module.named_modules("", /*include_self=*/true)) {
+    if (!recurse && !item.key().empty()) break;
     auto* m = dynamic_cast<Module*>(item.value().get());
     if (!m) continue;
     m->set_vram_wrapper(w, item.key());
@@ -459,9 +463,10 @@ std::size_t wrap_recursively(torch::nn::Module& model, const std::vector<VRAMMod
     const std::string name = prefix.empty() ? child.key() : prefix + "." + child.key();
     const VRAMModuleMapEntry* hit = m ? match(*m, map) : nullptr;
     if (hit) {
-      // AutoWrappedNonRecurseModule is not used by any implemented model's map.
       VRAMWrapper::wrap(*m, name, config, from_disk, hit->target);
       ++n;
+      if (hit->target == VRAMWrapperKind::AutoWrappedNonRecurseModule)
+        n += wrap_recursively(*m, map, config, from_disk, name);
     } else {
       n += wrap_recursively(*child.value(), map, config, from_disk, name);
     }
