@@ -16,7 +16,8 @@ SUDO=""
 
 PACKAGES=(build-essential cmake ninja-build ccache git python3 python3-venv python3-pip
           libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libssl-dev
-          libpng-dev libpcre2-dev libutf8proc-dev pkg-config clang libclang-rt-14-dev time)
+          libpng-dev libpcre2-dev libutf8proc-dev pkg-config clang libclang-rt-14-dev time
+          libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
