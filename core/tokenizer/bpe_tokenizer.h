@@ -21,13 +21,9 @@
 #include <string_view>
 #include <vector>
 
-namespace diffsynth {
+#include "core/tokenizer/encoding.h"  // Encoding
 
-// A padded / truncated batch, row-major: input_ids[i] and attention_mask[i] have the same length.
-struct Encoding {
-  std::vector<std::vector<int64_t>> input_ids;
-  std::vector<std::vector<int64_t>> attention_mask;
-};
+namespace diffsynth {
 
 class BPETokenizer {
  public:
