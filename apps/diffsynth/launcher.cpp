@@ -19,7 +19,10 @@
 #include "apps/diffsynth/app_paths.h"
 #include "core/error.h"
 #include "core/loader/keys.h"
+#include "core/file_io.h"
 #include "core/tokenizer/bpe_tokenizer.h"
+#include "core/tokenizer/text_cleaning.h"
+#include "core/tokenizer/unigram_tokenizer.h"
 
 namespace {
 
@@ -32,21 +35,34 @@ namespace {
 
 constexpr const char* kTokenizeUsage =
     "Usage: diffsynth tokenize [--tokenizer DIR] [--decode [--skip-special-tokens]] [--json]\n"
-    "                          [--max-length N] [--pad] [TEXT...]\n"
-    "Encodes each TEXT (no TEXT: each line of stdin) with a Hugging Face tokenizer.json byte-level\n"
-    "BPE tokenizer, exactly as the Python `tokenizers` package, and prints one line of\n"
-    "space-separated ids per input.\n"
+    "                          [--max-length N] [--pad | --pad-to-max-length] [--no-special-tokens]\n"
+    "                          [--clean MODE [--print-clean]] [--semantics transformers|tokenizers]\n"
+    "                          [TEXT...]\n"
+    "Encodes each TEXT (no TEXT: each line of stdin) with a Hugging Face tokenizer.json tokenizer —\n"
+    "byte-level BPE (Qwen) or Unigram (umt5, Wan), told apart by the file's model.type — exactly as\n"
+    "the Python packages do, and prints one line of space-separated ids per input.\n"
     "  --tokenizer DIR        folder with tokenizer.json (+ tokenizer_config.json); default: the\n"
     "                         project's data/qwen-tokenizer ($DIFFSYNTH_DATA_DIR/qwen-tokenizer)\n"
+    "  --semantics S          transformers (default): as transformers.AutoTokenizer.from_pretrained(DIR),\n"
+    "                         which rebuilds a T5Tokenizer's pipeline (no normalizer, WhitespaceSplit,\n"
+    "                         unk id 2); tokenizers: tokenizers.Tokenizer.from_file(DIR/tokenizer.json).\n"
+    "                         The same for BPE tokenizers\n"
+    "  --clean MODE           clean every text first as the Wan reference's HuggingfaceTokenizer does:\n"
+    "                         whitespace, lower, canonicalize (ftfy.fix_text, HTML unescaping, ...) or\n"
+    "                         none (the default)\n"
+    "  --print-clean          with --clean: print the cleaned texts instead of ids (no tokenizer read)\n"
     "  --decode               inputs are lines of space-separated ids; prints the decoded text\n"
     "  --skip-special-tokens  with --decode: leave special added tokens out\n"
     "  --json                 every input and output line is JSON: texts are JSON strings, ids are\n"
     "                         JSON arrays (a JSON string of space-separated ids is accepted too)\n"
-    "  --max-length N         truncate every input to N ids (transformers truncation=True)\n"
+    "  --max-length N         truncate every input to N ids (transformers truncation=True; a Unigram\n"
+    "                         tokenizer's </s> stays last)\n"
     "  --pad                  pad the inputs, as one batch, on the right with the pad token to the\n"
     "                         longest (transformers padding=True); prints the ids line then the\n"
     "                         attention-mask line per input (--json: one {\"input_ids\", \"attention_mask\"}\n"
-    "                         object per input)\n";
+    "                         object per input)\n"
+    "  --pad-to-max-length    the same, every input padded to --max-length (padding=\"max_length\")\n"
+    "  --no-special-tokens    add_special_tokens=False: no </s> from a Unigram tokenizer's post-processor\n";
 
 struct TokenizeError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -111,9 +127,110 @@ void print_ids(std::string& out, const std::vector<Int>& ids, bool as_json) {
   out += '\n';
 }
 
+// tokenizer.json's model.type, read by a SAX pass that stops there (the vocabulary usually
+// follows it); empty when the file has none or cannot be parsed (the loader then says why).
+class ModelTypeReader : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  std::string type;
+  bool null() override { return scalar(); }
+  bool boolean(bool) override { return scalar(); }
+  bool number_integer(number_integer_t) override { return scalar(); }
+  bool number_unsigned(number_unsigned_t) override { return scalar(); }
+  bool number_float(number_float_t, const string_t&) override { return scalar(); }
+  bool string(string_t& v) override {
+    if (depth_ == 2 && in_model_ && key_ == "type") {
+      type = v;
+      return false;  // found: stop parsing
+    }
+    return scalar();
+  }
+  bool binary(binary_t&) override { return false; }
+  bool start_object(std::size_t) override { return open(); }
+  bool end_object() override { return close(); }
+  bool start_array(std::size_t) override { return open(); }
+  bool end_array() override { return close(); }
+  bool key(string_t& k) override {
+    key_ = k;
+    if (depth_ == 1) top_key_ = k;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+ private:
+  bool scalar() { return true; }
+  bool open() {
+    ++depth_;
+    if (depth_ == 2) in_model_ = top_key_ == "model";
+    return true;
+  }
+  bool close() {
+    if (depth_ == 2) in_model_ = false;
+    --depth_;
+    return true;
+  }
+  int depth_ = 0;
+  bool in_model_ = false;
+  std::string key_, top_key_;
+};
+
+std::string tokenizer_model_type(const std::string& dir) {
+  const std::string file = (std::filesystem::path(dir) / "tokenizer.json").string();
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) return {};
+  std::string text;
+  try {
+    text = diffsynth::read_regular_file(file);
+  } catch (const diffsynth::Error&) {
+    return {};
+  }
+  ModelTypeReader reader;
+  nlohmann::json::sax_parse(text, &reader);
+  if (!reader.type.empty() && reader.type != "BPE" && reader.type != "Unigram")
+    diffsynth::fail(file, "unsupported model type " + reader.type + " (supported: BPE, Unigram)");
+  return reader.type;
+}
+
+// The two tokenizer kinds behind one interface.
+class AnyTokenizer {
+ public:
+  AnyTokenizer(const std::string& dir, diffsynth::TokenizerSemantics semantics) {
+    if (tokenizer_model_type(dir) == "Unigram") unigram_.emplace(diffsynth::UnigramTokenizer::from_dir(dir, semantics));
+    else bpe_.emplace(diffsynth::BPETokenizer::from_dir(dir));
+  }
+  std::vector<int32_t> encode(const std::string& text, bool add_special) const {
+    return unigram_ ? unigram_->encode(text, add_special) : bpe_->encode(text, add_special);
+  }
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special) const {
+    return unigram_ ? unigram_->decode(ids, skip_special) : bpe_->decode(ids, skip_special);
+  }
+  diffsynth::Encoding encode_batch(const std::vector<std::string>& texts, std::optional<std::size_t> max_length,
+                                   diffsynth::Padding padding, bool add_special) const {
+    const bool truncate = max_length.has_value();
+    if (unigram_) return unigram_->encode_batch(texts, max_length, padding, truncate, add_special);
+    diffsynth::Encoding batch = bpe_->encode_batch(texts, max_length, padding == diffsynth::Padding::Longest, truncate);
+    if (padding == diffsynth::Padding::MaxLength) {  // the BPE tokenizer adds no special tokens to pad past
+      const int64_t pad = bpe_->pad_token_id();
+      for (std::size_t i = 0; i < batch.input_ids.size(); ++i) {
+        if (batch.input_ids[i].size() >= *max_length) continue;
+        batch.input_ids[i].resize(*max_length, pad);
+        batch.attention_mask[i].resize(*max_length, 0);
+      }
+    }
+    return batch;
+  }
+
+ private:
+  std::optional<diffsynth::BPETokenizer> bpe_;
+  std::optional<diffsynth::UnigramTokenizer> unigram_;
+};
+
 int tokenize_main(int argc, char** argv) {
   std::optional<std::string> dir;
-  bool decode = false, skip_special = false, as_json = false, pad = false;
+  bool decode = false, skip_special = false, as_json = false, pad = false, pad_to_max = false, no_special = false;
+  bool print_clean = false;
+  diffsynth::TextClean clean = diffsynth::TextClean::None;
+  bool clean_given = false;
+  diffsynth::TokenizerSemantics semantics = diffsynth::TokenizerSemantics::Transformers;
   std::optional<std::size_t> max_length;
   long bench_repeats = 0;  // hidden: --bench N times the encoding of all inputs (bench/bench_tokenizer.py)
   std::vector<std::string> inputs;
@@ -132,7 +249,21 @@ int tokenize_main(int argc, char** argv) {
     else if (a == "--skip-special-tokens") skip_special = true;
     else if (a == "--json") as_json = true;
     else if (a == "--pad") pad = true;
-    else if (a == "--max-length" || a == "--bench") {
+    else if (a == "--pad-to-max-length") pad_to_max = true;
+    else if (a == "--no-special-tokens") no_special = true;
+    else if (a == "--print-clean") print_clean = true;
+    else if (a == "--clean") {
+      const std::string v = value(i);
+      const auto mode = diffsynth::parse_text_clean(v);
+      if (!mode) throw TokenizeError("--clean needs whitespace, lower, canonicalize or none, got \"" + v + "\"");
+      clean = *mode;
+      clean_given = true;
+    } else if (a == "--semantics") {
+      const std::string v = value(i);
+      if (v == "transformers") semantics = diffsynth::TokenizerSemantics::Transformers;
+      else if (v == "tokenizers") semantics = diffsynth::TokenizerSemantics::Tokenizers;
+      else throw TokenizeError("--semantics needs transformers or tokenizers, got \"" + v + "\"");
+    } else if (a == "--max-length" || a == "--bench") {
       const std::string v = value(i);
       char* stop = nullptr;
       errno = 0;
@@ -151,17 +282,40 @@ int tokenize_main(int argc, char** argv) {
       from_args = true;
     }
   }
-  if (decode && (pad || max_length)) throw TokenizeError("--pad / --max-length apply to encoding, not --decode");
+  if (decode && (pad || pad_to_max || max_length)) throw TokenizeError("--pad / --max-length apply to encoding, not --decode");
+  if (decode && (clean_given || print_clean)) throw TokenizeError("--clean / --print-clean apply to encoding, not --decode");
+  if (pad && pad_to_max) throw TokenizeError("--pad and --pad-to-max-length exclude each other");
+  if (pad_to_max && !max_length) throw TokenizeError("--pad-to-max-length needs --max-length");
+  if (print_clean && !clean_given) throw TokenizeError("--print-clean needs --clean MODE");
+  if (print_clean && (pad || pad_to_max || max_length || no_special || bench_repeats))
+    throw TokenizeError("--print-clean prints texts: --pad / --max-length / --no-special-tokens / --bench do not apply");
   if (!from_args) {
     std::string line;
     while (std::getline(std::cin, line)) inputs.push_back(std::move(line));
   }
 
+  std::string out;
+  if (!decode) {
+    std::vector<std::string> texts;
+    texts.reserve(inputs.size());
+    for (std::string& input : inputs) texts.push_back(as_json ? json_text(input) : std::move(input));
+    inputs = std::move(texts);
+    if (clean != diffsynth::TextClean::None)
+      for (std::string& text : inputs) text = diffsynth::clean_text(text, clean);
+    if (print_clean) {
+      for (const std::string& text : inputs) {
+        out += as_json ? nlohmann::json(text).dump() : text;
+        out += '\n';
+      }
+      std::cout << out << std::flush;
+      return 0;
+    }
+  }
+
   const auto load_start = std::chrono::steady_clock::now();
-  const diffsynth::BPETokenizer tokenizer = diffsynth::BPETokenizer::from_dir(dir ? *dir : diffsynth::cli::default_tokenizer_dir());
+  const AnyTokenizer tokenizer(dir ? *dir : diffsynth::cli::default_tokenizer_dir(), semantics);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
-  std::string out;
   if (decode) {
     for (const std::string& input : inputs) {
       const std::vector<int32_t> ids = as_json ? parse_json_ids(input) : parse_ids(input);
@@ -172,23 +326,25 @@ int tokenize_main(int argc, char** argv) {
     std::cout << out << std::flush;
     return 0;
   }
-  std::vector<std::string> texts;
-  texts.reserve(inputs.size());
-  for (std::string& input : inputs) texts.push_back(as_json ? json_text(input) : std::move(input));
+  const std::vector<std::string>& texts = inputs;
+  const bool add_special = !no_special;
 
   if (bench_repeats > 0) {
     std::size_t bytes = 0, tokens = 0;
     for (const auto& t : texts) bytes += t.size();
     const auto start = std::chrono::steady_clock::now();
     for (long r = 0; r < bench_repeats; ++r)
-      for (const auto& t : texts) tokens += tokenizer.encode(t).size();
+      for (const auto& t : texts) tokens += tokenizer.encode(t, add_special).size();
     const double encode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cout << nlohmann::json{{"load_s", load_s}, {"encode_s", encode_s}, {"repeats", bench_repeats},
                                 {"bytes", bytes * bench_repeats}, {"tokens", tokens}}.dump() << "\n";
     return 0;
   }
-  if (pad || max_length) {
-    const diffsynth::Encoding batch = tokenizer.encode_batch(texts, max_length, pad, max_length.has_value());
+  if (pad || pad_to_max || max_length) {
+    const diffsynth::Padding padding = pad_to_max ? diffsynth::Padding::MaxLength
+                                       : pad      ? diffsynth::Padding::Longest
+                                                  : diffsynth::Padding::None;
+    const diffsynth::Encoding batch = tokenizer.encode_batch(texts, max_length, padding, add_special);
     for (std::size_t i = 0; i < texts.size(); ++i) {
       if (as_json) {
         out += nlohmann::json{{"input_ids", batch.input_ids[i]}, {"attention_mask", batch.attention_mask[i]}}.dump();
@@ -199,7 +355,7 @@ int tokenize_main(int argc, char** argv) {
       }
     }
   } else {
-    for (const std::string& text : texts) print_ids(out, tokenizer.encode(text), as_json);
+    for (const std::string& text : texts) print_ids(out, tokenizer.encode(text, add_special), as_json);
   }
   std::cout << out << std::flush;
   return 0;
