@@ -15,9 +15,14 @@
 
 namespace {
 
+// $DIFFSYNTH_UMT5_TOKENIZER, else data/umt5-tokenizer next to this source file or below the
+// current folder.
 std::string data_dir() {
   if (const char* d = std::getenv("DIFFSYNTH_UMT5_TOKENIZER"); d && *d) return d;
-  return (std::filesystem::path(__FILE__).parent_path() / ".." / "data" / "umt5-tokenizer").string();
+  const std::filesystem::path here = std::filesystem::path(__FILE__).parent_path() / ".." / "data" / "umt5-tokenizer";
+  std::error_code ec;
+  if (std::filesystem::is_directory(here, ec)) return here.string();
+  return (std::filesystem::current_path() / "data" / "umt5-tokenizer").string();
 }
 
 const diffsynth::UnigramTokenizer& transformers_tokenizer() {

@@ -350,7 +350,7 @@ U32 remove_terminal_escapes(const U32& s) {
   return out;
 }
 
-// sloppy-windows-1252 of a C1 control character (fixes.fix_c1_controls).
+// sloppy-windows-1252 (kCharmaps[1]) of a C1 control character (fixes.fix_c1_controls).
 char32_t c1_to_windows_1252(char32_t c) { return kCharmaps[1][c - 0x80]; }
 
 U32 fix_c1_controls(const U32& s) {
@@ -550,8 +550,10 @@ bool is_bad_u32(const U32& t) {
 // ---------------------------------------------------------------------------------------------
 // fix_encoding
 
-constexpr std::size_t kLatin1 = 0, kSloppy1252 = 1, kMacRoman = 8;
-constexpr bool is_sloppy(std::size_t e) { return e >= 1 && e <= 6; }
+constexpr std::size_t kLatin1 = 0, kMacRoman = 8;  // indexes into kCharmaps (kCharmapNames)
+constexpr bool is_sloppy(std::size_t e) { return kCharmapNames[e].starts_with("sloppy-"); }
+static_assert(kCharmapNames[kLatin1] == "latin-1" && kCharmapNames[kMacRoman] == "macroman" &&
+              kCharmapNames[1] == "sloppy-windows-1252" && std::size(kCharmapNames) == std::size(kCharmaps));
 
 // Code point -> byte, per charmap encoding (bytes 0x80-0xFF and 0x1A; ASCII maps to itself).
 struct Charmap {

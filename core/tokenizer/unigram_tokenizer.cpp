@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "core/file_io.h"
@@ -159,7 +160,8 @@ struct ReplaceStep {
 // Added tokens (AddedVocabulary::find_matches)
 
 struct AddedToken {
-  std::string content;  // as matched: normalised for normalized=true tokens
+  std::string original;  // as in the file: what id_to_token / token_to_id see
+  std::string content;   // as matched: normalised for normalized=true tokens
   int32_t id = 0;
   bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
 };
@@ -459,7 +461,7 @@ struct UnigramTokenizer::Impl {
   std::vector<double> scores;  // model pieces only: scores[id] for id < scores.size()
   std::size_t model_size = 0;  // number of model pieces
   PieceIndex model_index;      // model pieces only (the Unigram lookup)
-  PieceIndex token_index;      // model pieces and added tokens (token_to_id)
+  std::unordered_map<std::string, int32_t> added_index;  // added token -> id (before the model, as tokenizers)
   std::size_t max_piece_bytes = 0;
   double min_score = 0;
   std::optional<int32_t> unk;
@@ -489,6 +491,10 @@ struct UnigramTokenizer::Impl {
   void set_template(const std::vector<std::string>& single_tokens);
 
   std::string normalize(std::string_view s) const;
+  int32_t find_token(std::string_view token) const {  // added tokens first, then the model; -1 if neither
+    if (const auto it = added_index.find(std::string(token)); it != added_index.end()) return it->second;
+    return model_index.find(token);
+  }
   void encode_into(std::string_view text, std::vector<int32_t>& ids) const;
   void pre_tokenize(std::string_view piece, bool at_start, std::size_t step, std::vector<int32_t>& ids) const;
   void viterbi(std::string_view word, std::vector<int32_t>& ids) const;
@@ -672,7 +678,7 @@ void UnigramTokenizer::Impl::load_model(const json& model, TokenizerJson& parsed
   }
   parsed.vocab.clear();
   parsed.vocab.shrink_to_fit();
-  model_index.build(id_to_token, id_known);
+  // model_index is built once the added tokens are in (id_to_token may still grow).
 }
 
 void UnigramTokenizer::Impl::load_added_tokens(const std::vector<json>& list) {
@@ -684,6 +690,7 @@ void UnigramTokenizer::Impl::load_added_tokens(const std::vector<json>& list) {
     auto token = std::make_unique<AddedToken>();
     const int64_t id64 = t["id"].get<int64_t>();
     token->content = t["content"].get<std::string>();
+    token->original = token->content;
     if (id64 < 0 || id64 > INT32_MAX) fail(path, "added token \"" + token->content + "\" has an id out of range");
     if (!is_valid_utf8(token->content)) fail(path, "added token " + std::to_string(id64) + " is not valid UTF-8");
     token->id = static_cast<int32_t>(id64);
@@ -709,9 +716,8 @@ void UnigramTokenizer::Impl::load_added_tokens(const std::vector<json>& list) {
     added_tokens.push_back(std::move(token));
   }
   added_by_id.resize(id_to_token.size(), nullptr);
-  token_index.build(id_to_token, id_known);
-  for (const auto& t : added_tokens) token_index.assign(id_to_token[t->id], t->id);
-  // id_to_token may have grown, moving its strings: the model index points into it.
+  for (const auto& t : added_tokens) added_index[t->original] = t->id;
+  // The model index points into id_to_token, which no longer grows.
   std::vector<bool> model_known(id_to_token.size(), false);
   std::fill(model_known.begin(), model_known.begin() + static_cast<std::ptrdiff_t>(model_size), true);
   model_index.build(id_to_token, model_known);
@@ -723,7 +729,7 @@ void UnigramTokenizer::Impl::set_template(const std::vector<std::string>& single
   suffix_ids.clear();
   prefix_ids.clear();
   for (const std::string& t : single_tokens) {
-    const int32_t id = token_index.find(t);
+    const int32_t id = find_token(t);
     if (id < 0) fail(path, "post-processor token \"" + t + "\" is not in the vocabulary");
     suffix_ids.push_back(id);
   }
@@ -997,7 +1003,7 @@ UnigramTokenizer UnigramTokenizer::from_dir(const std::string& dir, TokenizerSem
       const json& pad = config["pad_token"];
       const std::string content = pad.is_object() ? pad.value("content", std::string())
                                   : pad.is_string() ? pad.get<std::string>() : std::string();
-      const int32_t id = impl->token_index.find(content);
+      const int32_t id = impl->find_token(content);
       if (id < 0) fail(config_path, "pad_token \"" + content + "\" is not in the vocabulary");
       impl->pad_id = id;
     }
@@ -1085,13 +1091,14 @@ Encoding UnigramTokenizer::encode_batch(const std::vector<std::string>& texts, s
 }
 
 std::optional<int32_t> UnigramTokenizer::token_to_id(std::string_view token) const {
-  const int32_t id = impl_->token_index.find(token);
+  const int32_t id = impl_->find_token(token);
   return id < 0 ? std::nullopt : std::optional<int32_t>(id);
 }
 
 const std::string& UnigramTokenizer::id_to_token(int32_t id) const {
   if (id < 0 || static_cast<std::size_t>(id) >= impl_->id_to_token.size() || !impl_->id_known[id])
     fail(impl_->path, "token id " + std::to_string(id) + " is not in the vocabulary");
+  if (const AddedToken* added = impl_->added_by_id[id]) return added->original;
   return impl_->id_to_token[id];
 }
 
