@@ -19,7 +19,7 @@
 #include "models/qwen_image_controlnet.h"
 #include "models/qwen_image_dit.h"
 #include "models/qwen_image_text_encoder.h"
-#include "models/qwen_image_vae.h"
+#include "models/wan_video_vae.h"
 
 namespace diffsynth {
 

@@ -92,3 +92,57 @@ def reduced_wan_text_encoder(vocab=1000, dim=64, dim_attn=64, dim_ffn=160, num_h
             else:
                 p.copy_(r * p.shape[-1] ** -0.5)
     return m, kwargs
+
+
+@contextlib.contextmanager
+def _reduced_video_vae(**kw):
+    """While active, WanVideoVAE() builds its VideoVAE_ with these keyword arguments (its
+    __init__ hard-codes VideoVAE_(z_dim=z_dim), dim 96)."""
+    import diffsynth.models.wan_video_vae as wan_vae
+    real = wan_vae.VideoVAE_
+    wan_vae.VideoVAE_ = lambda z_dim=16: real(z_dim=z_dim, **kw)
+    try:
+        yield
+    finally:
+        wan_vae.VideoVAE_ = real
+
+
+def reduced_wan_video_vae(dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1, attn_scales=(),
+                          temperal_downsample=(False, True, True), seed=0, receptive_field="full"):
+    """The reference WanVideoVAE (its own __init__: mean, std, scale) around a VideoVAE_ of
+    reduced width, in eval mode, with unit-gain random weights (activations O(1) at every depth):
+    gammas 1 + 0.1 N(0, 1), biases 0.05 N(0, 1), weights N(0, 1 / fan_in).
+    receptive_field "pointwise": only the centre tap of each 3x3 (spatial) kernel and no attention
+    output; "local": off-centre spatial taps x0.1 and no attention output.
+    Returns (model, kwargs): kwargs are the extra_kwargs our WanVideoVAE takes for the same model.
+    wan_vae_file_state_dict(model) gives the Wan2.1_VAE.pth layout (names without "model.")."""
+    from diffsynth.models.wan_video_vae import WanVideoVAE
+    kw = dict(dim=dim, dim_mult=list(dim_mult), num_res_blocks=num_res_blocks, attn_scales=list(attn_scales),
+              temperal_downsample=list(temperal_downsample))
+    with _reduced_video_vae(**kw):
+        m = WanVideoVAE().eval()
+    off_centre = {"full": 1.0, "local": 0.1, "pointwise": 0.0}[receptive_field]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith("gamma"):
+                p.copy_(1 + 0.1 * r)
+            elif name.endswith("bias"):
+                p.copy_(0.05 * r)
+            else:
+                p.copy_(r / p[0].numel() ** 0.5)
+            if receptive_field != "full":
+                if p.dim() >= 4 and p.shape[-1] == 3:
+                    centre = p[..., 1, 1].clone()
+                    p.mul_(off_centre)
+                    p[..., 1, 1] = centre
+                if ".proj." in name and name.endswith("weight"):
+                    p.zero_()
+    return m, kw
+
+
+def wan_vae_file_state_dict(model):
+    """A WanVideoVAE's weights under the names Wan2.1_VAE.pth uses (the inverse of
+    WanVideoVAEStateDictConverter: "model." dropped)."""
+    return {k[len("model."):]: v.contiguous() for k, v in model.state_dict().items()}

@@ -3,7 +3,7 @@
 //   {"tiled": true, "tile_size": 128 | [h, w], "tile_stride": 64 | [h, w]}  (latent pixels)
 //   {"exact_conv3d": true}  the reference's padded conv3d instead of the single-frame 2-D path
 #include "core/registry.h"
-#include "models/qwen_image_vae.h"
+#include "models/wan_video_vae.h"
 #include "parity_runner.h"
 
 namespace diffsynth::parity {
