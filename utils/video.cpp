@@ -415,14 +415,20 @@ void write_video(const std::string& path, const torch::Tensor& frames, double fp
       }
     };
 
+    // swscale's SIMD input readers load 16 bytes at a time and run past the end of the last row
+    // (valgrind: 4 bytes beyond a [T, H, W, 3] tensor's storage), which would fault where the
+    // storage ends at a page boundary. Each frame is therefore copied into a padded staging
+    // buffer (64-byte aligned rows plus 64 bytes of slack, FFmpeg's input padding), which also
+    // takes any strides.
+    const std::int64_t staging_stride = (3 * width + 63) / 64 * 64;
+    std::unique_ptr<uint8_t, decltype(&av_free)> staging(
+        static_cast<uint8_t*>(av_mallocz(static_cast<std::size_t>(staging_stride * height + 64))), &av_free);
+    if (!staging) check(AVERROR(ENOMEM), "cannot allocate a frame");
+    const auto staging_view = torch::from_blob(staging.get(), {height, width, 3}, {staging_stride, 3, 1}, torch::kUInt8);
     for (std::int64_t t = 0; t < count; ++t) {
-      torch::Tensor image = frames[t];
-      // Rows of packed RGB are read in place; anything else is packed first (one frame at a time).
-      if (image.stride(2) != 1 || image.stride(1) != 3 || image.stride(0) < 3 * width ||
-          image.stride(0) > (1 << 30))
-        image = image.contiguous();
-      const uint8_t* src[4] = {image.data_ptr<uint8_t>(), nullptr, nullptr, nullptr};
-      const int src_stride[4] = {static_cast<int>(image.stride(0)), 0, 0, 0};
+      staging_view.copy_(frames[t]);
+      const uint8_t* src[4] = {staging.get(), nullptr, nullptr, nullptr};
+      const int src_stride[4] = {static_cast<int>(staging_stride), 0, 0, 0};
       check(av_frame_make_writable(frame.get()), "cannot allocate a frame");
       if (sws_scale(sws.get(), src, src_stride, 0, enc->height, frame->data, frame->linesize) != enc->height)
         check(AVERROR_EXTERNAL, "the RGB to YUV conversion failed");

@@ -110,8 +110,9 @@ torch::Tensor pattern(std::int64_t frames, std::int64_t height, std::int64_t wid
         int r = static_cast<int>(x * 255 / std::max<std::int64_t>(width - 1, 1));
         int g = static_cast<int>(y * 255 / std::max<std::int64_t>(height - 1, 1));
         int b = static_cast<int>(128 + 100 * std::sin((x + 2.0 * y) / 20.0 + t * 0.4));
-        const std::int64_t sx = (t * 4) % (width - 16), sy = (t * 2) % (height - 16);
-        if (x >= sx && x < sx + 16 && y >= sy && y < sy + 16) r = 230, g = 30, b = 40;
+        const std::int64_t side = std::min<std::int64_t>({16, width / 2, height / 2});
+        const std::int64_t sx = (t * 4) % (width - side), sy = (t * 2) % (height - side);
+        if (x >= sx && x < sx + side && y >= sy && y < sy + side) r = 230, g = 30, b = 40;
         a[t][y][x][0] = static_cast<std::uint8_t>(r);
         a[t][y][x][1] = static_cast<std::uint8_t>(g);
         a[t][y][x][2] = static_cast<std::uint8_t>(b);
