@@ -18,9 +18,10 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   return out;
 }
 
-RMSNormImpl::RMSNormImpl(std::int64_t d, double e, bool affine) : dim(d), eps(e), elementwise_affine(affine) {
-  // qwen_image_dit imports general_modules.RMSNorm: both names are the same class.
-  set_reference_classes({"diffsynth.models.general_modules.RMSNorm", "diffsynth.models.qwen_image_dit.RMSNorm"});
+RMSNormImpl::RMSNormImpl(std::int64_t d, double e, bool affine, std::vector<std::string> reference_classes)
+    : dim(d), eps(e), elementwise_affine(affine) {
+  // By default: qwen_image_dit imports general_modules.RMSNorm, both names are the same class.
+  set_reference_classes(std::move(reference_classes));
   if (affine) meta_parameter("weight", {d});
 }
 
@@ -59,6 +60,11 @@ ConvImpl::ConvImpl(std::int64_t in, std::int64_t out, std::vector<std::int64_t> 
 torch::Tensor ConvImpl::forward(const torch::Tensor& x) {
   if (kernel.size() == 3) return torch::conv3d(x, compute_param("weight"), compute_param("bias"), stride, padding);
   return torch::conv2d(x, compute_param("weight"), compute_param("bias"), stride, padding);
+}
+
+Conv conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride, std::int64_t padding) {
+  return Conv(in, out, std::vector<std::int64_t>{kernel, kernel}, std::vector<std::int64_t>{stride, stride},
+              std::vector<std::int64_t>{padding, padding});
 }
 
 WeightImpl::WeightImpl(std::vector<std::int64_t> shape, std::vector<std::string> reference_classes) {

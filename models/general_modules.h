@@ -19,10 +19,13 @@ class LinearImpl : public Module {
 TORCH_MODULE(Linear);
 
 // general_modules.RMSNorm: mean of squares in fp32, normalised input cast back to the input
-// dtype before the weight multiply (so the product follows PyTorch's type promotion).
+// dtype before the weight multiply (so the product follows PyTorch's type promotion). The same
+// arithmetic as wan_video_dit.RMSNorm, which passes its own reference class.
 class RMSNormImpl : public Module {
  public:
-  RMSNormImpl(std::int64_t dim, double eps, bool elementwise_affine = true);
+  RMSNormImpl(std::int64_t dim, double eps, bool elementwise_affine = true,
+              std::vector<std::string> reference_classes = {"diffsynth.models.general_modules.RMSNorm",
+                                                            "diffsynth.models.qwen_image_dit.RMSNorm"});
   torch::Tensor forward(const torch::Tensor& x);
   std::int64_t dim;
   double eps;
@@ -51,6 +54,8 @@ class ConvImpl : public Module {
   std::vector<std::int64_t> kernel, stride, padding;
 };
 TORCH_MODULE(Conv);
+// nn.Conv2d(in, out, kernel, stride, padding) with square sizes.
+Conv conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1, std::int64_t padding = 0);
 
 // A module that only holds "weight": nn.Embedding ([num, dim], looked up with torch::embedding)
 // or a bias-free layer whose forward lives in its owner.

@@ -119,24 +119,17 @@ WanModelConfig WanModelConfig::from_kwargs(const nlohmann::ordered_json& kwargs)
 
 namespace wan_dit {
 
-RMSNormImpl::RMSNormImpl(std::int64_t dim, double e) : eps(e) {
-  set_reference_classes({"diffsynth.models.wan_video_dit.RMSNorm"});
-  meta_parameter("weight", {dim});
+RMSNorm rms_norm(std::int64_t dim, double eps) {
+  return RMSNorm(dim, eps, true, std::vector<std::string>{"diffsynth.models.wan_video_dit.RMSNorm"});
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  auto xf = x.to(torch::kFloat32);
-  auto normed = xf * torch::rsqrt(xf.square().mean(-1, /*keepdim=*/true) + eps);
-  return normed.to(x.scalar_type()) * compute_param("weight");
-}
-
-SelfAttentionImpl::SelfAttentionImpl(std::int64_t dim, std::int64_t nh, double eps) : num_heads(nh) {
+AttentionProjections::AttentionProjections(std::int64_t dim, std::int64_t nh, double eps) : num_heads(nh) {
   q = register_module("q", Linear(dim, dim));
   k = register_module("k", Linear(dim, dim));
   v = register_module("v", Linear(dim, dim));
   o = register_module("o", Linear(dim, dim));
-  norm_q = register_module("norm_q", RMSNorm(dim, eps));
-  norm_k = register_module("norm_k", RMSNorm(dim, eps));
+  norm_q = register_module("norm_q", rms_norm(dim, eps));
+  norm_k = register_module("norm_k", rms_norm(dim, eps));
 }
 
 torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& freqs) {
@@ -146,17 +139,11 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const torch::Te
 }
 
 CrossAttentionImpl::CrossAttentionImpl(std::int64_t dim, std::int64_t nh, double eps, bool image)
-    : num_heads(nh), has_image_input(image) {
-  q = register_module("q", Linear(dim, dim));
-  k = register_module("k", Linear(dim, dim));
-  v = register_module("v", Linear(dim, dim));
-  o = register_module("o", Linear(dim, dim));
-  norm_q = register_module("norm_q", RMSNorm(dim, eps));
-  norm_k = register_module("norm_k", RMSNorm(dim, eps));
+    : AttentionProjections(dim, nh, eps), has_image_input(image) {
   if (image) {
     k_img = register_module("k_img", Linear(dim, dim));
     v_img = register_module("v_img", Linear(dim, dim));
-    norm_k_img = register_module("norm_k_img", RMSNorm(dim, eps));
+    norm_k_img = register_module("norm_k_img", rms_norm(dim, eps));
   }
 }
 
@@ -253,10 +240,8 @@ SimpleAdapterImpl::SimpleAdapterImpl(std::int64_t in_dim, std::int64_t out_dim, 
   conv = register_module("conv", Conv(in_dim * 64, out_dim, kernel, kernel));
   auto blocks = register_module("residual_blocks", container());
   auto block = blocks->register_module("0", container());
-  res_conv1 = block->register_module("conv1", Conv(out_dim, out_dim, std::vector<std::int64_t>{3, 3},
-                                                   std::vector<std::int64_t>{1, 1}, std::vector<std::int64_t>{1, 1}));
-  res_conv2 = block->register_module("conv2", Conv(out_dim, out_dim, std::vector<std::int64_t>{3, 3},
-                                                   std::vector<std::int64_t>{1, 1}, std::vector<std::int64_t>{1, 1}));
+  res_conv1 = block->register_module("conv1", conv2d(out_dim, out_dim, 3, 1, 1));
+  res_conv2 = block->register_module("conv2", conv2d(out_dim, out_dim, 3, 1, 1));
 }
 
 torch::Tensor SimpleAdapterImpl::forward(const torch::Tensor& x) {
@@ -307,7 +292,7 @@ WanModelImpl::WanModelImpl(const WanModelConfig& c) : config(c) {
   head = register_module("head", Head(c.dim, c.out_dim, c.patch_size, c.eps));
   if (c.has_image_input) img_emb = register_module("img_emb", MLP(1280, c.dim, c.has_image_pos_emb));
   if (c.has_ref_conv)
-    ref_conv = register_module("ref_conv", Conv(16, c.dim, std::vector<std::int64_t>{2, 2}, std::vector<std::int64_t>{2, 2}));
+    ref_conv = register_module("ref_conv", conv2d(16, c.dim, 2, 2));
   if (c.add_control_adapter)
     control_adapter = register_module("control_adapter", SimpleAdapter(c.in_dim_control_adapter, c.dim, std::vector<std::int64_t>{patch[1], patch[2]}));
 

@@ -52,35 +52,34 @@ struct WanModelConfig {
 
 namespace wan_dit {
 
-// wan_video_dit.RMSNorm: x.float() * rsqrt(mean(x^2) + eps), cast back, times the weight.
-class RMSNormImpl : public Module {
- public:
-  RMSNormImpl(std::int64_t dim, double eps);
-  torch::Tensor forward(const torch::Tensor& x);
-  double eps;
-};
-TORCH_MODULE(RMSNorm);
+// wan_video_dit.RMSNorm (over the whole width, not per head): general_modules' arithmetic.
+RMSNorm rms_norm(std::int64_t dim, double eps);
 
-class SelfAttentionImpl : public Module {
+// What self- and cross-attention share: q, k, v, o and the RMS norms of q and k.
+class AttentionProjections : public Module {
  public:
-  SelfAttentionImpl(std::int64_t dim, std::int64_t num_heads, double eps);
-  // freqs: complex128 [S, 1, head_dim / 2] (the 3-D RoPE of the token grid).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& freqs);
+  AttentionProjections(std::int64_t dim, std::int64_t num_heads, double eps);
   std::int64_t num_heads;
   Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
   RMSNorm norm_q{nullptr}, norm_k{nullptr};
 };
+
+class SelfAttentionImpl : public AttentionProjections {
+ public:
+  using AttentionProjections::AttentionProjections;
+  // freqs: complex128 [S, 1, head_dim / 2] (the 3-D RoPE of the token grid).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& freqs);
+};
 TORCH_MODULE(SelfAttention);
 
-class CrossAttentionImpl : public Module {
+class CrossAttentionImpl : public AttentionProjections {
  public:
   CrossAttentionImpl(std::int64_t dim, std::int64_t num_heads, double eps, bool has_image_input);
   // With image input, the first 257 context tokens are the CLIP image tokens.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
-  std::int64_t num_heads;
   bool has_image_input;
-  Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr}, k_img{nullptr}, v_img{nullptr};
-  RMSNorm norm_q{nullptr}, norm_k{nullptr}, norm_k_img{nullptr};
+  Linear k_img{nullptr}, v_img{nullptr};
+  RMSNorm norm_k_img{nullptr};
 };
 TORCH_MODULE(CrossAttention);
 

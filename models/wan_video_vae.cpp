@@ -133,17 +133,6 @@ torch::Tensor CausalConv3d::forward(const torch::Tensor& x, const torch::Tensor&
   return torch::conv3d(in, compute_param("weight"), compute_param("bias"), stride, {0, padding[1], padding[2]});
 }
 
-Conv2d::Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t s, std::int64_t p)
-    : stride(s), padding(p) {
-  set_reference_classes({"torch.nn.Conv2d"});
-  meta_parameter("weight", {out, in, kernel, kernel});
-  meta_parameter("bias", {out});
-}
-
-torch::Tensor Conv2d::forward(const torch::Tensor& x) {
-  return torch::conv2d(x, compute_param("weight"), compute_param("bias"), {stride, stride}, {padding, padding});
-}
-
 RMSNorm::RMSNorm(Naming naming, std::int64_t d, bool images) : dim(d) {
   set_reference_classes({naming == Naming::Wan ? "diffsynth.models.wan_video_vae.RMS_norm"
                                                : "diffsynth.models.qwen_image_vae.QwenImageRMS_norm"});
@@ -195,8 +184,8 @@ torch::Tensor ResidualBlock::forward(const torch::Tensor& x, FeatCache* cache) {
 
 AttentionBlock::AttentionBlock(Naming n, std::int64_t dim) {
   norm = register_module("norm", std::make_shared<RMSNorm>(n, dim, true));
-  to_qkv = register_module("to_qkv", std::make_shared<Conv2d>(dim, dim * 3, 1));
-  proj = register_module("proj", std::make_shared<Conv2d>(dim, dim, 1));
+  to_qkv = register_module("to_qkv", conv2d(dim, dim * 3, 1, 1, 0));
+  proj = register_module("proj", conv2d(dim, dim, 1, 1, 0));
 }
 
 torch::Tensor AttentionBlock::forward(const torch::Tensor& x, FeatCache*) {
@@ -215,15 +204,15 @@ torch::Tensor AttentionBlock::forward(const torch::Tensor& x, FeatCache*) {
 Resample::Resample(Naming n, std::int64_t dim, std::string m) : mode(std::move(m)) {
   // The reference's `resample` is an nn.Sequential whose element 0 (Upsample / ZeroPad2d) has
   // no weights; element 1 is the convolution.
-  auto add_seq = [&](std::shared_ptr<Conv2d> c) { conv = holder(*this, "resample")->register_module("1", std::move(c)); };
+  auto add_seq = [&](Conv c) { conv = holder(*this, "resample")->register_module("1", std::move(c)); };
   if (mode == "upsample2d" || mode == "upsample3d") {
-    add_seq(std::make_shared<Conv2d>(dim, dim / 2, 3, 1, 1));
+    add_seq(conv2d(dim, dim / 2, 3, 1, 1));
     if (mode == "upsample3d")
       time_conv = register_module("time_conv", std::make_shared<CausalConv3d>(n, dim, dim * 2, std::vector<std::int64_t>{3, 1, 1},
                                                                               std::vector<std::int64_t>{1},
                                                                               std::vector<std::int64_t>{1, 0, 0}));
   } else if (mode == "downsample2d" || mode == "downsample3d") {
-    add_seq(std::make_shared<Conv2d>(dim, dim, 3, 2, 0));
+    add_seq(conv2d(dim, dim, 3, 2, 0));
     if (mode == "downsample3d")
       time_conv = register_module("time_conv", std::make_shared<CausalConv3d>(n, dim, dim, std::vector<std::int64_t>{3, 1, 1},
                                                                               std::vector<std::int64_t>{2, 1, 1},

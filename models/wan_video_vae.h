@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "core/module.h"
+#include "models/general_modules.h"
 
 namespace diffsynth {
 
@@ -98,14 +99,6 @@ class CausalConv3d : public Module {
   bool exact_conv3d = false;
 };
 
-// nn.Conv2d (zero padding).
-class Conv2d : public Module {
- public:
-  Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1, std::int64_t padding = 0);
-  torch::Tensor forward(const torch::Tensor& x);
-  std::int64_t stride, padding;
-};
-
 // F.normalize(x, dim=1) * sqrt(dim) * gamma; gamma [dim, 1, 1, 1] (video) or [dim, 1, 1] (images).
 class RMSNorm : public Module {
  public:
@@ -129,7 +122,7 @@ class AttentionBlock : public Layer {
   AttentionBlock(WanVAENaming naming, std::int64_t dim);
   torch::Tensor forward(const torch::Tensor& x, FeatCache* cache) override;
   std::shared_ptr<RMSNorm> norm;
-  std::shared_ptr<Conv2d> to_qkv, proj;
+  Conv to_qkv{nullptr}, proj{nullptr};  // torch.nn.Conv2d (models/general_modules.h)
 };
 
 // mode: "upsample2d", "upsample3d", "downsample2d", "downsample3d" or "none".
@@ -138,7 +131,7 @@ class Resample : public Layer {
   Resample(WanVAENaming naming, std::int64_t dim, std::string mode);
   torch::Tensor forward(const torch::Tensor& x, FeatCache* cache) override;
   std::string mode;
-  std::shared_ptr<Conv2d> conv;             // state-dict name resample.1
+  Conv conv{nullptr};             // state-dict name resample.1
   std::shared_ptr<CausalConv3d> time_conv;  // *3d modes; runs only with a feature cache
 };
 

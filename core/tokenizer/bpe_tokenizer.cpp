@@ -6,8 +6,6 @@
 //      is a bijection, so we keep raw bytes and map each byte straight to its vocabulary id).
 #include "core/tokenizer/bpe_tokenizer.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <utf8proc.h>
 
 #include <algorithm>
@@ -25,131 +23,13 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "core/tokenizer/tokenizer_parts.h"
 
 namespace diffsynth {
 namespace {
 
 using json = nlohmann::json;
-
-// ---------------------------------------------------------------------------------------------
-// UTF-8 helpers
-
-// Decodes the code point at s[i] (s is valid UTF-8) and advances i.
-inline char32_t next_code_point(std::string_view s, std::size_t& i) {
-  const auto b0 = static_cast<unsigned char>(s[i]);
-  if (b0 < 0x80) { ++i; return b0; }
-  if (b0 < 0xE0) {
-    const char32_t c = ((b0 & 0x1Fu) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3Fu);
-    i += 2;
-    return c;
-  }
-  if (b0 < 0xF0) {
-    const char32_t c = ((b0 & 0x0Fu) << 12) | ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 6) |
-                       (static_cast<unsigned char>(s[i + 2]) & 0x3Fu);
-    i += 3;
-    return c;
-  }
-  const char32_t c = ((b0 & 0x07u) << 18) | ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 12) |
-                     ((static_cast<unsigned char>(s[i + 2]) & 0x3Fu) << 6) | (static_cast<unsigned char>(s[i + 3]) & 0x3Fu);
-  i += 4;
-  return c;
-}
-
-// Decodes the code point that ends at s[end) (s valid UTF-8).
-inline char32_t last_code_point(std::string_view s) {
-  std::size_t start = s.size() - 1;
-  while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
-  return next_code_point(s, start);
-}
-
-void append_utf8(std::string& out, char32_t c) {
-  if (c < 0x80) {
-    out += static_cast<char>(c);
-  } else if (c < 0x800) {
-    out += static_cast<char>(0xC0 | (c >> 6));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  } else if (c < 0x10000) {
-    out += static_cast<char>(0xE0 | (c >> 12));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (c >> 18));
-    out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  }
-}
-
-// Length of the valid UTF-8 sequence at s[i], or 0 if it is invalid; `maximal_subpart` gets the
-// length of the invalid prefix to replace by one U+FFFD (Unicode's "maximal subpart" rule, which
-// Rust's from_utf8_lossy and Python's errors="replace" both follow).
-std::size_t utf8_sequence_length(std::string_view s, std::size_t i, std::size_t& maximal_subpart) {
-  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char b0 = at(i);
-  maximal_subpart = 1;
-  if (b0 < 0x80) return 1;
-  std::size_t need;
-  unsigned char lo = 0x80, hi = 0xBF;  // bounds of the second byte
-  if (b0 >= 0xC2 && b0 <= 0xDF) need = 2;
-  else if (b0 == 0xE0) { need = 3; lo = 0xA0; }
-  else if (b0 >= 0xE1 && b0 <= 0xEC) need = 3;
-  else if (b0 == 0xED) { need = 3; hi = 0x9F; }
-  else if (b0 >= 0xEE && b0 <= 0xEF) need = 3;
-  else if (b0 == 0xF0) { need = 4; lo = 0x90; }
-  else if (b0 >= 0xF1 && b0 <= 0xF3) need = 4;
-  else if (b0 == 0xF4) { need = 4; hi = 0x8F; }
-  else return 0;
-  for (std::size_t k = 1; k < need; ++k) {
-    if (i + k >= s.size()) return 0;
-    const unsigned char b = at(i + k);
-    const unsigned char l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-    if (b < l || b > h) return 0;
-    maximal_subpart = k + 1;
-  }
-  return need;
-}
-
-bool is_valid_utf8(std::string_view s) {
-  std::size_t i = 0, sub = 0;
-  while (i < s.size()) {
-    if (static_cast<unsigned char>(s[i]) < 0x80) { ++i; continue; }
-    const std::size_t n = utf8_sequence_length(s, i, sub);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
-}
-
-// Rust String::from_utf8_lossy.
-std::string utf8_lossy(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  std::size_t i = 0, sub = 0;
-  while (i < s.size()) {
-    const std::size_t n = utf8_sequence_length(s, i, sub);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";
-      i += sub;
-    } else {
-      out.append(s.substr(i, n));
-      i += n;
-    }
-  }
-  return out;
-}
-
-// Rust char::is_whitespace (the Unicode White_Space property), which Oniguruma's \s also is.
-constexpr bool is_white_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-// Rust char::is_alphanumeric, approximated by the general categories L* and N*.
-bool is_alphanumeric(char32_t c) {
-  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-  return (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
-         (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
-}
+using namespace tokenizer_parts;
 
 // ---------------------------------------------------------------------------------------------
 // NFC. utf8proc does the work; a quick check skips it for text that NFC cannot change, which is
@@ -250,61 +130,6 @@ std::string onig_compatible_pattern(std::string_view pattern) {
   return out;
 }
 
-class Regex {
- public:
-  Regex(const std::string& path, std::string_view pattern) {
-    const std::string translated = onig_compatible_pattern(pattern);
-    int error = 0;
-    PCRE2_SIZE offset = 0;
-    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                          PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
-    if (!code_) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(error, message, sizeof message);
-      fail(path, "pre_tokenizer regex " + std::string(pattern) + " does not compile at offset " +
-                     std::to_string(offset) + ": " + reinterpret_cast<const char*>(message));
-    }
-    jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;
-  }
-  Regex(const Regex&) = delete;
-  Regex& operator=(const Regex&) = delete;
-  ~Regex() { pcre2_code_free(code_); }
-
-  // Calls on_match(begin, end) for each non-overlapping match of the valid UTF-8 text s.
-  template <class F>
-  void for_each_match(std::string_view s, F&& on_match) const {
-    // One match block per thread: encode() is const and may run on several threads.
-    thread_local std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
-        pcre2_match_data_create(32, nullptr), &pcre2_match_data_free);
-    const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
-    std::size_t start = 0;
-    while (start <= s.size()) {
-      const int rc = jit_ ? pcre2_jit_match(code_, subject, s.size(), start, 0, data.get(), nullptr)
-                          : pcre2_match(code_, subject, s.size(), start, PCRE2_NO_UTF_CHECK, data.get(), nullptr);
-      if (rc == PCRE2_ERROR_NOMATCH) return;
-      if (rc < 0) {  // resource limits on pathological input
-        PCRE2_UCHAR message[256];
-        pcre2_get_error_message(rc, message, sizeof message);
-        throw Error(std::string("tokenizer regex failed: ") + reinterpret_cast<const char*>(message));
-      }
-      const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data.get());
-      const std::size_t begin = ovector[0], end = ovector[1];
-      if (end == begin) {  // an empty match: step over one character, as find_iter does
-        if (begin >= s.size()) return;
-        std::size_t next = begin;
-        next_code_point(s, next);
-        start = next;
-        continue;
-      }
-      on_match(begin, end);
-      start = end;
-    }
-  }
-
- private:
-  pcre2_code* code_ = nullptr;
-  bool jit_ = false;
-};
 
 // ---------------------------------------------------------------------------------------------
 // Byte-level alphabet (GPT-2's bytes_to_unicode)
@@ -364,91 +189,6 @@ class MergeTable {
   int shift_ = 60;
 };
 
-// ---------------------------------------------------------------------------------------------
-// Added tokens
-
-struct AddedToken {
-  std::string content;  // as matched: NFC-normalised for normalized=true tokens
-  int32_t id = 0;
-  bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
-};
-
-// Leftmost-longest search over a few added tokens (aho-corasick's LeftmostLongest in `tokenizers`).
-class AddedTokenMatcher {
- public:
-  void build(std::vector<const AddedToken*> tokens) {
-    std::stable_sort(tokens.begin(), tokens.end(),
-                     [](const AddedToken* a, const AddedToken* b) { return a->content.size() > b->content.size(); });
-    tokens_.clear();
-    first_byte_.fill(false);
-    for (const AddedToken* t : tokens) {
-      if (t->content.empty()) continue;
-      tokens_.push_back(t);
-      first_byte_[static_cast<unsigned char>(t->content[0])] = true;
-    }
-  }
-  bool empty() const { return tokens_.empty(); }
-
-  // The first match at or after `from`: (token, position), or (nullptr, npos).
-  std::pair<const AddedToken*, std::size_t> find(std::string_view s, std::size_t from) const {
-    for (std::size_t i = from; i < s.size(); ++i) {
-      if (!first_byte_[static_cast<unsigned char>(s[i])]) continue;
-      for (const AddedToken* t : tokens_)
-        if (s.compare(i, t->content.size(), t->content) == 0) return {t, i};
-    }
-    return {nullptr, std::string_view::npos};
-  }
-
-  // `AddedVocabulary::find_matches`: calls on_piece(text, token or nullptr) for the pieces of s
-  // in order, honouring single_word / lstrip / rstrip.
-  template <class F>
-  void split(std::string_view s, F&& on_piece) const {
-    if (tokens_.empty()) {
-      if (!s.empty()) on_piece(s, nullptr);
-      return;
-    }
-    std::size_t emitted = 0, search = 0;
-    while (search < s.size()) {
-      const auto [token, position] = find(s, search);
-      if (!token) break;
-      std::size_t start = position, stop = position + token->content.size();
-      search = stop;  // matches never overlap
-      if (token->single_word) {
-        const bool space_before = start == 0 || !is_alphanumeric(last_code_point(s.substr(0, start)));
-        std::size_t k = stop;
-        const bool space_after = stop == s.size() || !is_alphanumeric(next_code_point(s, k));
-        if (!space_before || !space_after) continue;
-      }
-      if (token->lstrip) {
-        std::size_t new_start = start;
-        while (new_start > 0) {
-          std::size_t b = new_start - 1;
-          while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
-          std::size_t k = b;
-          if (!is_white_space(next_code_point(s, k))) break;
-          new_start = b;
-        }
-        start = std::max(new_start, emitted);
-      }
-      if (token->rstrip) {
-        while (stop < s.size()) {
-          std::size_t k = stop;
-          if (!is_white_space(next_code_point(s, k))) break;
-          stop = k;
-        }
-      }
-      if (emitted < start) on_piece(s.substr(emitted, start - emitted), nullptr);
-      on_piece(s.substr(start, stop - start), token);
-      emitted = stop;
-      search = std::max(search, stop);
-    }
-    if (emitted < s.size()) on_piece(s.substr(emitted), nullptr);
-  }
-
- private:
-  std::vector<const AddedToken*> tokens_;  // longest first
-  std::array<bool, 256> first_byte_{};
-};
 
 // ---------------------------------------------------------------------------------------------
 // Pre-tokenizer steps
@@ -480,10 +220,9 @@ struct TokenizerJson {
   std::vector<std::pair<std::string, std::string>> merges;
 };
 
-class TokenizerJsonReader : public nlohmann::json_sax<json> {
+class TokenizerJsonReader : public tokenizer_parts::DomSax {
  public:
-  explicit TokenizerJsonReader(TokenizerJson& out) : out_(out) {}
-  std::string error;
+  explicit TokenizerJsonReader(TokenizerJson& out) : DomSax(out.root), out_(out) {}
 
   bool null() override { return put(nullptr); }
   bool boolean(bool v) override { return put(v); }
@@ -514,28 +253,21 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
     if (region_ == Region::Vocab) return bad("model.vocab values must be integer ids");
     return put(std::move(v));
   }
-  bool binary(binary_t&) override { return bad("binary values are not JSON"); }
   bool start_object(std::size_t) override {
     if (region_ != Region::Dom) return bad("unexpected object inside model.vocab or model.merges");
     if (at_model() && key_ == "vocab") {
       region_ = Region::Vocab;
       return true;
     }
-    return open(json::object());
-  }
-  bool key(string_t& k) override {
-    key_ = std::move(k);
-    return true;
+    return dom_open(json::object());
   }
   bool end_object() override {
     if (region_ == Region::Vocab) {
       region_ = Region::Dom;
-      (*stack_.back())["vocab"] = json::object();  // mark it present
+      top()["vocab"] = json::object();  // mark it present
       return true;
     }
-    stack_.pop_back();
-    keys_.pop_back();
-    return true;
+    return dom_close();
   }
   bool start_array(std::size_t) override {
     if (region_ == Region::Vocab) return bad("unexpected array inside model.vocab");
@@ -549,7 +281,7 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
       region_ = Region::Merges;
       return true;
     }
-    return open(json::array());
+    return dom_open(json::array());
   }
   bool end_array() override {
     if (region_ == Region::Merges) {
@@ -560,61 +292,24 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
         return true;
       }
       region_ = Region::Dom;
-      (*stack_.back())["merges"] = json::array();
+      top()["merges"] = json::array();
       return true;
     }
-    stack_.pop_back();
-    keys_.pop_back();
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
-    if (error.empty()) error = e.what();
-    return false;
+    return dom_close();
   }
 
  private:
   enum class Region { Dom, Vocab, Merges };
-  bool bad(const std::string& message) {
-    if (error.empty()) error = message;
-    return false;
-  }
-  bool at_model() const {
-    return stack_.size() == 2 && keys_.back() == "model" && stack_.back()->is_object();
-  }
   bool vocab_entry(int64_t id) {
     out_.vocab.emplace_back(std::move(key_), id);
     return true;
   }
-  json* place(json&& value) {
-    if (stack_.empty()) {
-      out_.root = std::move(value);
-      return &out_.root;
-    }
-    json& top = *stack_.back();
-    if (top.is_object()) {
-      json& slot = top[key_];
-      slot = std::move(value);
-      return &slot;
-    }
-    top.push_back(std::move(value));
-    return &top.back();
-  }
   bool put(json&& value) {
     if (region_ != Region::Dom) return bad("unexpected value inside model.vocab or model.merges");
-    place(std::move(value));
-    return true;
-  }
-  bool open(json&& container) {
-    std::string under = stack_.empty() || !stack_.back()->is_object() ? std::string() : key_;
-    stack_.push_back(place(std::move(container)));
-    keys_.push_back(std::move(under));
-    return true;
+    return dom_value(std::move(value));
   }
 
   TokenizerJson& out_;
-  std::vector<json*> stack_;
-  std::vector<std::string> keys_;  // the key each open container sits under
-  std::string key_;
   Region region_ = Region::Dom;
   int merge_depth_ = 0;
   std::vector<std::string> merge_parts_;
@@ -623,11 +318,6 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
 // Regular files only (a FIFO would block forever), at most 1 GiB.
 std::string read_file(const std::string& path) { return read_regular_file(path); }
 
-std::string type_of(const json& component) {
-  if (component.is_object() && component.contains("type") && component["type"].is_string())
-    return component["type"].get<std::string>();
-  return component.dump();
-}
 
 // Transparent hashing, so string_view lookups allocate nothing (the word cache).
 struct StringHash {
@@ -767,7 +457,8 @@ void BPETokenizer::Impl::load_pre_tokenizer(const json& p) {
   if (type == "Split") {
     const json pattern = p.value("pattern", json());
     if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
-      step.regex = std::make_unique<Regex>(path, pattern["Regex"].get<std::string>());
+      const auto regex = pattern["Regex"].get<std::string>();
+      step.regex = std::make_unique<Regex>(path, "pre_tokenizer regex", regex, onig_compatible_pattern(regex));
     } else if (pattern.contains("String") && pattern["String"].is_string()) {
       step.is_literal = true;
       step.literal = pattern["String"].get<std::string>();
@@ -787,7 +478,8 @@ void BPETokenizer::Impl::load_pre_tokenizer(const json& p) {
     step.byte_level = true;
     step.add_prefix_space = p.value("add_prefix_space", true);
     step.splits = p.value("use_regex", true);
-    if (step.splits) step.regex = std::make_unique<Regex>(path, kGpt2Pattern);
+    if (step.splits)
+      step.regex = std::make_unique<Regex>(path, "pre_tokenizer regex", kGpt2Pattern, onig_compatible_pattern(kGpt2Pattern));
     steps.push_back(std::move(step));
     return;
   } else {
@@ -861,7 +553,7 @@ void BPETokenizer::Impl::load_added_tokens(const json& list) {
       fail(path, "added_tokens entry without an integer id and a string content: " + t.dump());
     auto token = std::make_unique<AddedToken>();
     token->id = t["id"].get<int32_t>();
-    token->content = t["content"].get<std::string>();
+    token->original = token->content = t["content"].get<std::string>();
     token->special = t.value("special", false);
     token->lstrip = t.value("lstrip", false);
     token->rstrip = t.value("rstrip", false);
@@ -896,13 +588,13 @@ void BPETokenizer::Impl::load_added_tokens(const json& list) {
 
 void BPETokenizer::Impl::encode_into(std::string_view text, std::vector<int32_t>& ids) const {
   std::string normalized_buffer;
-  raw_matcher.split(text, [&](std::string_view piece, const AddedToken* token) {
+  raw_matcher.split(text, [&](std::string_view piece, std::size_t, const AddedToken* token) {
     if (token) {
       ids.push_back(token->id);
       return;
     }
     const std::string_view normalized = apply_nfc ? nfc(piece, normalized_buffer) : piece;
-    normalized_matcher.split(normalized, [&](std::string_view part, const AddedToken* inner) {
+    normalized_matcher.split(normalized, [&](std::string_view part, std::size_t, const AddedToken* inner) {
       if (inner) ids.push_back(inner->id);
       else pre_tokenize(part, 0, ids);
     });
@@ -1190,15 +882,7 @@ Encoding BPETokenizer::encode_batch(const std::vector<std::string>& texts, std::
     longest = std::max(longest, ids.size());
     batch.input_ids.emplace_back(ids.begin(), ids.end());
   }
-  const int64_t pad_with = pad ? pad_token_id() : 0;
-  for (auto& row : batch.input_ids) {
-    std::vector<int64_t> mask(row.size(), 1);
-    if (pad) {
-      mask.resize(longest, 0);
-      row.resize(longest, pad_with);
-    }
-    batch.attention_mask.push_back(std::move(mask));
-  }
+  pad_and_mask(batch, pad ? longest : 0, pad ? pad_token_id() : 0);
   return batch;
 }
 

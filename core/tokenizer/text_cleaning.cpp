@@ -18,9 +18,12 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/tokenizer/tokenizer_parts.h"
 
 namespace diffsynth {
 namespace {
+
+using namespace tokenizer_parts;
 
 struct CharBits {
   char32_t cp;
@@ -50,57 +53,13 @@ using U32 = std::u32string;
 // ---------------------------------------------------------------------------------------------
 // UTF-8 <-> code points
 
+// Valid UTF-8 only (the input is user text: refuse, do not guess).
 U32 decode_utf8(std::string_view s) {
+  if (!is_valid_utf8(s)) throw Error("text cleaning: text is not valid UTF-8");
   U32 out;
   out.reserve(s.size());
-  std::size_t i = 0;
-  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  while (i < s.size()) {
-    const unsigned char b0 = at(i);
-    if (b0 < 0x80) {
-      out += b0;
-      ++i;
-      continue;
-    }
-    std::size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    char32_t c;
-    if (b0 >= 0xC2 && b0 <= 0xDF) { need = 2; c = b0 & 0x1F; }
-    else if (b0 == 0xE0) { need = 3; lo = 0xA0; c = 0; }
-    else if ((b0 >= 0xE1 && b0 <= 0xEC) || b0 == 0xEE || b0 == 0xEF) { need = 3; c = b0 & 0x0F; }
-    else if (b0 == 0xED) { need = 3; hi = 0x9F; c = b0 & 0x0F; }
-    else if (b0 == 0xF0) { need = 4; lo = 0x90; c = 0; }
-    else if (b0 >= 0xF1 && b0 <= 0xF3) { need = 4; c = b0 & 0x07; }
-    else if (b0 == 0xF4) { need = 4; hi = 0x8F; c = 4; }
-    else throw Error("text cleaning: text is not valid UTF-8");
-    if (i + need > s.size()) throw Error("text cleaning: text is not valid UTF-8");
-    for (std::size_t k = 1; k < need; ++k) {
-      const unsigned char b = at(i + k);
-      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) throw Error("text cleaning: text is not valid UTF-8");
-      c = (c << 6) | (b & 0x3F);
-    }
-    out += c;
-    i += need;
-  }
+  for (std::size_t i = 0; i < s.size();) out += next_code_point(s, i);
   return out;
-}
-
-void append_utf8(std::string& out, char32_t c) {
-  if (c < 0x80) {
-    out += static_cast<char>(c);
-  } else if (c < 0x800) {
-    out += static_cast<char>(0xC0 | (c >> 6));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  } else if (c < 0x10000) {
-    out += static_cast<char>(0xE0 | (c >> 12));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (c >> 18));
-    out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  }
 }
 
 std::string encode_utf8(const U32& s) {
@@ -132,11 +91,8 @@ constexpr bool is_py_space(char32_t c) {
          (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-// The `regex` module's \s (the Unicode White_Space property): whitespace_clean, canonicalize.
-constexpr bool is_white_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
+// The `regex` module's \s is the Unicode White_Space property: tokenizer_parts::is_white_space
+// (whitespace_clean, canonicalize).
 
 utf8proc_category_t category(char32_t c) {
   return static_cast<utf8proc_category_t>(utf8proc_category(static_cast<utf8proc_int32_t>(c)));

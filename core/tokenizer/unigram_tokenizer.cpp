@@ -11,8 +11,6 @@
 // at most max_piece_bytes probes and no trie is built (loading stays a single pass).
 #include "core/tokenizer/unigram_tokenizer.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <utf8proc.h>
 
 #include <algorithm>
@@ -28,217 +26,19 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "core/tokenizer/tokenizer_parts.h"
 
 namespace diffsynth {
 namespace {
 
 using json = nlohmann::json;
+using namespace tokenizer_parts;
 
-// ---------------------------------------------------------------------------------------------
-// UTF-8 helpers (input is validated once, at encode)
-
-inline std::size_t utf8_length_at(unsigned char b0) {
-  return b0 < 0x80 ? 1 : b0 < 0xE0 ? 2 : b0 < 0xF0 ? 3 : 4;
-}
-
-inline char32_t next_code_point(std::string_view s, std::size_t& i) {
-  const auto b0 = static_cast<unsigned char>(s[i]);
-  const std::size_t n = utf8_length_at(b0);
-  char32_t c = n == 1 ? b0 : n == 2 ? (b0 & 0x1Fu) : n == 3 ? (b0 & 0x0Fu) : (b0 & 0x07u);
-  for (std::size_t k = 1; k < n; ++k) c = (c << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3Fu);
-  i += n;
-  return c;
-}
-
-inline char32_t last_code_point(std::string_view s) {
-  std::size_t start = s.size() - 1;
-  while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
-  return next_code_point(s, start);
-}
-
-bool is_valid_utf8(std::string_view s) {
-  std::size_t i = 0;
-  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  while (i < s.size()) {
-    const unsigned char b0 = at(i);
-    if (b0 < 0x80) { ++i; continue; }
-    std::size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (b0 >= 0xC2 && b0 <= 0xDF) need = 2;
-    else if (b0 == 0xE0) { need = 3; lo = 0xA0; }
-    else if ((b0 >= 0xE1 && b0 <= 0xEC) || b0 == 0xEE || b0 == 0xEF) need = 3;
-    else if (b0 == 0xED) { need = 3; hi = 0x9F; }
-    else if (b0 == 0xF0) { need = 4; lo = 0x90; }
-    else if (b0 >= 0xF1 && b0 <= 0xF3) need = 4;
-    else if (b0 == 0xF4) { need = 4; hi = 0x8F; }
-    else return false;
-    if (i + need > s.size()) return false;
-    for (std::size_t k = 1; k < need; ++k) {
-      const unsigned char b = at(i + k);
-      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return false;
-    }
-    i += need;
-  }
-  return true;
-}
-
-// Rust char::is_whitespace (the Unicode White_Space property): WhitespaceSplit, lstrip / rstrip.
-constexpr bool is_white_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-// Rust char::is_alphanumeric, approximated by the general categories L* and N* (single_word).
-bool is_alphanumeric(char32_t c) {
-  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-  return (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
-         (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
-}
-
-std::string type_of(const json& component) {
-  if (component.is_object() && component.contains("type") && component["type"].is_string())
-    return component["type"].get<std::string>();
-  return component.dump();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Regex for Replace normalizers (PCRE2, JIT when available)
-
-class Regex {
- public:
-  Regex(const std::string& path, const std::string& pattern) {
-    int error = 0;
-    PCRE2_SIZE offset = 0;
-    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
-                          &error, &offset, nullptr);
-    if (!code_) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(error, message, sizeof message);
-      fail(path, "normalizer Replace regex " + pattern + " does not compile at offset " + std::to_string(offset) +
-                     ": " + reinterpret_cast<const char*>(message));
-    }
-    jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;
-  }
-  Regex(const Regex&) = delete;
-  Regex& operator=(const Regex&) = delete;
-  ~Regex() { pcre2_code_free(code_); }
-
-  // Calls on_match(begin, end) for each non-overlapping match (an empty match advances one character).
-  template <class F>
-  void for_each_match(std::string_view s, F&& on_match) const {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
-    std::size_t at = 0;
-    while (at <= s.size()) {
-      const auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
-      const int rc = jit_ ? pcre2_jit_match(code_, subject, s.size(), at, PCRE2_NO_UTF_CHECK, md, nullptr)
-                          : pcre2_match(code_, subject, s.size(), at, PCRE2_NO_UTF_CHECK, md, nullptr);
-      if (rc < 0) break;
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      if (ov[1] == ov[0]) {
-        if (ov[0] >= s.size()) break;
-        at = ov[0] + utf8_length_at(static_cast<unsigned char>(s[ov[0]]));
-        continue;
-      }
-      on_match(static_cast<std::size_t>(ov[0]), static_cast<std::size_t>(ov[1]));
-      at = ov[1];
-    }
-    pcre2_match_data_free(md);
-  }
-
- private:
-  pcre2_code* code_ = nullptr;
-  bool jit_ = false;
-};
-
+// Replace normalizer steps.
 struct ReplaceStep {
   std::string literal;           // String pattern
   std::unique_ptr<Regex> regex;  // or Regex pattern
   std::string content;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Added tokens (AddedVocabulary::find_matches)
-
-struct AddedToken {
-  std::string original;  // as in the file: what id_to_token / token_to_id see
-  std::string content;   // as matched: normalised for normalized=true tokens
-  int32_t id = 0;
-  bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
-};
-
-class AddedTokenMatcher {
- public:
-  bool empty() const { return tokens_.empty(); }
-  void build(std::vector<const AddedToken*> tokens) {
-    std::stable_sort(tokens.begin(), tokens.end(),
-                     [](const AddedToken* a, const AddedToken* b) { return a->content.size() > b->content.size(); });
-    tokens_.clear();
-    first_byte_.fill(false);
-    for (const AddedToken* t : tokens) {
-      if (t->content.empty()) continue;
-      tokens_.push_back(t);
-      first_byte_[static_cast<unsigned char>(t->content[0])] = true;
-    }
-  }
-
-  // Leftmost, then longest match at or after `from`.
-  std::pair<const AddedToken*, std::size_t> find(std::string_view s, std::size_t from) const {
-    for (std::size_t i = from; i < s.size(); ++i) {
-      if (!first_byte_[static_cast<unsigned char>(s[i])]) continue;
-      for (const AddedToken* t : tokens_)
-        if (s.compare(i, t->content.size(), t->content) == 0) return {t, i};
-    }
-    return {nullptr, std::string_view::npos};
-  }
-
-  // on_piece(text, offset in s, token or nullptr) for the pieces of s in order.
-  template <class F>
-  void split(std::string_view s, F&& on_piece) const {
-    if (tokens_.empty()) {
-      if (!s.empty()) on_piece(s, std::size_t{0}, nullptr);
-      return;
-    }
-    std::size_t emitted = 0, search = 0;
-    while (search < s.size()) {
-      const auto [token, position] = find(s, search);
-      if (!token) break;
-      std::size_t start = position, stop = position + token->content.size();
-      search = stop;
-      if (token->single_word) {
-        const bool space_before = start == 0 || !is_alphanumeric(last_code_point(s.substr(0, start)));
-        std::size_t k = stop;
-        const bool space_after = stop == s.size() || !is_alphanumeric(next_code_point(s, k));
-        if (!space_before || !space_after) continue;
-      }
-      if (token->lstrip) {
-        std::size_t new_start = start;
-        while (new_start > 0) {
-          std::size_t b = new_start - 1;
-          while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
-          std::size_t k = b;
-          if (!is_white_space(next_code_point(s, k))) break;
-          new_start = b;
-        }
-        start = std::max(new_start, emitted);
-      }
-      if (token->rstrip) {
-        while (stop < s.size()) {
-          std::size_t k = stop;
-          if (!is_white_space(next_code_point(s, k))) break;
-          stop = k;
-        }
-      }
-      if (emitted < start) on_piece(s.substr(emitted, start - emitted), emitted, nullptr);
-      on_piece(s.substr(start, stop - start), start, token);
-      emitted = stop;
-      search = std::max(search, stop);
-    }
-    if (emitted < s.size()) on_piece(s.substr(emitted), emitted, nullptr);
-  }
-
- private:
-  std::vector<const AddedToken*> tokens_;  // longest first
-  std::array<bool, 256> first_byte_{};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -263,10 +63,9 @@ struct TokenizerJson {
   bool vocab_seen = false;
 };
 
-class TokenizerJsonReader : public nlohmann::json_sax<json> {
+class TokenizerJsonReader : public tokenizer_parts::DomSax {
  public:
-  explicit TokenizerJsonReader(TokenizerJson& out) : out_(out) {}
-  std::string error;
+  explicit TokenizerJsonReader(TokenizerJson& out) : DomSax(out.root), out_(out) {}
 
   bool null() override { return put(nullptr); }
   bool boolean(bool v) override { return put(v); }
@@ -281,29 +80,20 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
   }
   bool string(string_t& v) override {
     if (region_ == Region::Entry) {
-      if (entry_fields_ != 0) return bad("model.vocab entries must be [piece, score]");
+      if (entry_fields_ != 0) return bad(kEntryShape);
       out_.vocab.emplace_back(std::move(v), 0.0);
       entry_fields_ = 1;
       return true;
     }
     return put(std::move(v));
   }
-  bool binary(binary_t&) override { return bad("binary values are not JSON"); }
   bool start_object(std::size_t) override {
-    if (region_ != Region::Dom) return bad("model.vocab entries must be [piece, score]");
-    return open(json::object());
+    if (region_ != Region::Dom) return bad(kEntryShape);
+    return dom_open(json::object());
   }
-  bool key(string_t& k) override {
-    key_ = std::move(k);
-    return true;
-  }
-  bool end_object() override {
-    stack_.pop_back();
-    keys_.pop_back();
-    return true;
-  }
+  bool end_object() override { return dom_close(); }
   bool start_array(std::size_t) override {
-    if (region_ == Region::Entry) return bad("model.vocab entries must be [piece, score]");
+    if (region_ == Region::Entry) return bad(kEntryShape);
     if (region_ == Region::Vocab) {
       region_ = Region::Entry;
       entry_fields_ = 0;
@@ -314,11 +104,11 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
       out_.vocab_seen = true;
       return true;
     }
-    return open(json::array());
+    return dom_open(json::array());
   }
   bool end_array() override {
     if (region_ == Region::Entry) {
-      if (entry_fields_ != 2) return bad("model.vocab entries must be [piece, score]");
+      if (entry_fields_ != 2) return bad(kEntryShape);
       region_ = Region::Vocab;
       return true;
     }
@@ -326,59 +116,25 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
       region_ = Region::Dom;
       return true;
     }
-    stack_.pop_back();
-    keys_.pop_back();
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
-    if (error.empty()) error = e.what();
-    return false;
+    return dom_close();
   }
 
  private:
   enum class Region { Dom, Vocab, Entry };
-  bool bad(const std::string& message) {
-    if (error.empty()) error = message;
-    return false;
-  }
+  static constexpr const char* kEntryShape = "model.vocab entries must be [piece, score]";
   bool score(double v) {
-    if (entry_fields_ != 1) return bad("model.vocab entries must be [piece, score]");
+    if (entry_fields_ != 1) return bad(kEntryShape);
     if (!std::isfinite(v)) return bad("model.vocab score of \"" + out_.vocab.back().first + "\" is not finite");
     out_.vocab.back().second = v;
     entry_fields_ = 2;
     return true;
   }
-  bool at_model() const { return stack_.size() == 2 && keys_.back() == "model" && stack_.back()->is_object(); }
-  json* place(json&& value) {
-    if (stack_.empty()) {
-      out_.root = std::move(value);
-      return &out_.root;
-    }
-    json& top = *stack_.back();
-    if (top.is_object()) {
-      json& slot = top[key_];
-      slot = std::move(value);
-      return &slot;
-    }
-    top.push_back(std::move(value));
-    return &top.back();
-  }
   bool put(json&& value) {
-    if (region_ != Region::Dom) return bad("model.vocab entries must be [piece, score]");
-    place(std::move(value));
-    return true;
-  }
-  bool open(json&& container) {
-    std::string under = stack_.empty() || !stack_.back()->is_object() ? std::string() : key_;
-    stack_.push_back(place(std::move(container)));
-    keys_.push_back(std::move(under));
-    return true;
+    if (region_ != Region::Dom) return bad(kEntryShape);
+    return dom_value(std::move(value));
   }
 
   TokenizerJson& out_;
-  std::vector<json*> stack_;
-  std::vector<std::string> keys_;
-  std::string key_;
   Region region_ = Region::Dom;
   int entry_fields_ = 0;
 };
@@ -586,9 +342,10 @@ void UnigramTokenizer::Impl::load_normalizer(const json& n) {
   } else if (type == "Replace") {
     ReplaceStep step;
     const json pattern = n.value("pattern", json());
-    if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string())
-      step.regex = std::make_unique<Regex>(path, pattern["Regex"].get<std::string>());
-    else if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string())
+    if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string()) {
+      const auto regex = pattern["Regex"].get<std::string>();
+      step.regex = std::make_unique<Regex>(path, "normalizer Replace regex", regex, regex);
+    } else if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string())
       step.literal = pattern["String"].get<std::string>();
     else
       fail(path, "normalizer Replace without a Regex or String pattern");
@@ -1078,15 +835,7 @@ Encoding UnigramTokenizer::encode_batch(const std::vector<std::string>& texts, s
     batch.input_ids.push_back(std::move(row));
   }
   const std::size_t target = padding == Padding::MaxLength ? length : padding == Padding::Longest ? longest : 0;
-  const int64_t pad_with = padding == Padding::None ? 0 : pad_token_id();
-  for (auto& row : batch.input_ids) {
-    std::vector<int64_t> mask(row.size(), 1);
-    if (row.size() < target) {
-      mask.resize(target, 0);
-      row.resize(target, pad_with);
-    }
-    batch.attention_mask.push_back(std::move(mask));
-  }
+  pad_and_mask(batch, target, padding == Padding::None ? 0 : pad_token_id());
   return batch;
 }
 

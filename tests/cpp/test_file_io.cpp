@@ -21,16 +21,6 @@ using namespace diffsynth;
 
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // Runs f on a thread and fails (instead of hanging the suite) if it has not returned in 20 s.
 template <typename F>
 std::string error_within_deadline(F f) {
@@ -40,13 +30,6 @@ std::string error_within_deadline(F f) {
     std::_Exit(1);  // the thread is stuck in a syscall; nothing else can end it
   }
   return fut.get();
-}
-
-std::vector<std::string> temp_files(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.path().filename().string().find(".tmp-") != std::string::npos) out.push_back(e.path().string());
-  return out;
 }
 
 }  // namespace

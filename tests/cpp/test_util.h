@@ -5,6 +5,9 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
+
+#include "core/error.h"
 
 // A fresh directory removed at the end of the test.
 class TempDir {
@@ -33,4 +36,23 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
 inline std::string read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// The message of the diffsynth::Error that f() throws ("" when it throws none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const diffsynth::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Temporary files an atomic write left in `dir` (".name.tmp-XXXXXX"): none after any write.
+inline std::vector<std::string> temp_files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().find(".tmp-") != std::string::npos) out.push_back(e.path().string());
+  return out;
 }

@@ -281,7 +281,7 @@ TEST(WanVideoVAE, VRAMManagementWrapsEveryWeightedLayer) {
   auto enc = vae->encode_video(video), dec = vae->decode_video(latents);
   std::size_t weighted = 0;
   for (const auto& m : vae->modules(/*include_self=*/false))
-    if (dynamic_cast<wan_vae::CausalConv3d*>(m.get()) || dynamic_cast<wan_vae::Conv2d*>(m.get()) ||
+    if (dynamic_cast<wan_vae::CausalConv3d*>(m.get()) || dynamic_cast<ConvImpl*>(m.get()) ||
         dynamic_cast<wan_vae::RMSNorm*>(m.get()))
       ++weighted;
   VRAMConfig config;
