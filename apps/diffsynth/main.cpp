@@ -4,21 +4,20 @@
 //   diffsynth load FILE...      ModelPool.auto_load_model, with the reference's messages
 //   diffsynth tokenize ...      token ids of texts (handled by the launcher, apps/diffsynth/launcher.cpp)
 //   diffsynth generate ...      Qwen-Image text-to-image / img2img / inpaint / ControlNet / LoRA
-//   diffsynth forward FILE...   one Qwen-Image DiT forward on seeded random inputs (VRAM management check)
+//   diffsynth forward FILE...   one Qwen-Image or Wan DiT forward on seeded random inputs (apps/diffsynth/forward.cpp)
 // Exit status: 0 on success, 2 on bad input (one line on stderr naming the file and problem).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <fstream>
-#include <sstream>
 #include <cstdio>
 #include <iostream>
 #include <map>
 
 #include "apps/diffsynth/app_paths.h"
+#include "apps/diffsynth/forward.h"
 #include "apps/diffsynth/generate.h"
-#include "apps/diffsynth/lora_options.h"
 #include "apps/diffsynth/option_checks.h"
 #include "apps/diffsynth/vram_options.h"
 #include "configs/model_configs.h"
@@ -29,7 +28,6 @@
 #include "core/loader/safetensors.h"
 #include "core/registry.h"
 #include "core/vram/layers.h"
-#include "models/qwen_image_dit.h"
 #include "models/model_loader.h"
 #include "utils/pyjson.h"
 
@@ -167,17 +165,6 @@ int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_te
   return 0;
 }
 
-std::string resident_summary(const std::vector<std::shared_ptr<Module>>& models) {
-  std::int64_t res = 0, mapped = 0;
-  for (const auto& m : models) {
-    auto [r, mp] = stored_weight_bytes(*m);
-    res += r;
-    mapped += mp;
-  }
-  return "weights held: " + human_bytes(static_cast<double>(res)) + " in memory, " +
-         human_bytes(static_cast<double>(mapped)) + " as file views";
-}
-
 int cmd_load(const std::vector<std::string>& files, const std::string& dtype, const std::string& device, bool touch,
              const cli::VRAMArgs& vram) {
   const ModelPaths paths = expand_model_paths(files);
@@ -200,102 +187,7 @@ int cmd_load(const std::vector<std::string>& files, const std::string& dtype, co
                pool.model.size(), static_cast<unsigned long long>(params), human_bytes(static_cast<double>(bytes)).c_str(),
                seconds, human_bytes(cli::peak_rss_bytes()).c_str());
   if (touch) std::fprintf(stderr, "diffsynth: read every weight in %.3f s (sum %.6g)\n", total - seconds, checksum);
-  if (config.management_enabled()) std::fprintf(stderr, "diffsynth: %s\n", resident_summary(pool.model).c_str());
-  return 0;
-}
-
-std::vector<std::int64_t> parse_shape(const std::string& s, const char* what) {
-  std::vector<std::int64_t> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, 'x')) {
-    std::size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != part.size() || part.empty() || v <= 0) throw Error(std::string(what) + ": expected NxCxHxW with positive integers, got '" + s + "'");
-    out.push_back(v);
-  }
-  if (out.size() != 4) throw Error(std::string(what) + ": expected NxCxHxW, got '" + s + "'");
-  return out;
-}
-
-struct ForwardArgs {
-  std::string latents = "1x16x16x16";
-  std::int64_t text_tokens = 8;
-  std::string seed = "0";
-  int repeat = 1;
-};
-
-int cmd_forward(const std::vector<std::string>& files, const std::string& dtype_s, const std::string& device_s,
-                const cli::VRAMArgs& vram, const cli::LoRAArgs& lora, const ForwardArgs& fa) {
-  const auto shape = parse_shape(fa.latents, "--latents");
-  if (shape[1] != 16) throw Error("--latents: the Qwen-Image DiT takes 16 latent channels, got " + std::to_string(shape[1]));
-  if (shape[2] % 2 || shape[3] % 2) throw Error("--latents: height and width must be even (2x2 patches)");
-  const std::optional<std::uint64_t> seed = cli::parse_seed(fa.seed);
-  const ModelPaths paths = expand_model_paths(files);
-  VRAMConfig config = vram.config(dtype_s, device_s);
-  const auto dtype = parse_computation_dtype(*config.computation_dtype);
-  const auto device = parse_device(*config.computation_device);
-  // Sizes from the command line are bounded by memory before anything is allocated (double:
-  // a product of four dimensions may not fit in 64 bits).
-  const double latent_elements = static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3];
-  const double elt = static_cast<double>(c10::elementSize(dtype));
-  cli::check_memory(latent_elements * (4 + elt), "--latents " + fa.latents + " (" + human_bytes(latent_elements * 4) +
-                                                " as float32)", device);
-  const auto t0 = std::chrono::steady_clock::now();
-  ModelPool pool;
-  pool.auto_load_model(paths, config, vram.vram_limit);
-  auto dit = std::dynamic_pointer_cast<QwenImageDiTImpl>(pool.fetch_model("qwen_image_dit"));
-  if (!dit) throw Error(path_str(paths) + ": no qwen_image_dit model in these file(s)");
-  const double text_elements = static_cast<double>(fa.text_tokens) * static_cast<double>(dit->config.joint_attention_dim);
-  cli::check_memory(text_elements * (4 + elt), "--text-tokens " + std::to_string(fa.text_tokens) + " (" +
-                                              std::to_string(fa.text_tokens) + " x " +
-                                              std::to_string(dit->config.joint_attention_dim) + " text embeddings)", device);
-  // One block's activations over every token (see QwenImagePipeline::working_memory_bytes).
-  const double tokens = static_cast<double>(shape[0]) * (shape[2] / 2) * (shape[3] / 2) + static_cast<double>(fa.text_tokens);
-  cli::check_memory(latent_elements * (4 + elt) + text_elements * (4 + elt) + 10 * tokens * dit->config.dim * elt,
-               "a DiT forward over " + std::to_string(static_cast<long long>(tokens)) + " tokens (--latents " + fa.latents +
-                   ", --text-tokens " + std::to_string(fa.text_tokens) + ")",
-               device);
-  // The pipeline's load_models_to_device(["dit"]).
-  if (vram_management_enabled(*dit)) vram_onload(*dit);
-  lora.apply(*dit, dtype, device, /*verbose=*/true);
-  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  torch::NoGradGuard no_grad;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed.value_or(0));
-  QwenImageDiTInputs in;
-  in.latents = torch::randn(shape, gen, torch::kFloat32).to(device, dtype);
-  in.prompt_emb = torch::randn({1, fa.text_tokens, dit->config.joint_attention_dim}, gen, torch::kFloat32).to(device, dtype);
-  in.prompt_emb_mask = torch::ones({1, fa.text_tokens}, torch::TensorOptions().dtype(torch::kLong).device(device));
-  in.timestep = torch::full({1}, 500.0, torch::TensorOptions().dtype(dtype).device(device));
-  torch::Tensor o;
-  std::vector<double> times;
-  for (int i = 0; i < fa.repeat; ++i) {
-    const auto t1 = std::chrono::steady_clock::now();
-    // The copy to the CPU waits for the device: it belongs to the timed work.
-    o = dit->model_fn(in).to(torch::kCPU, torch::kFloat32);
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
-  }
-  const double fwd_s = times.front();
-  std::string shp;
-  for (auto d : o.sizes()) shp += (shp.empty() ? "" : "x") + std::to_string(d);
-  std::printf("output shape %s  mean %.6g  std %.6g  min %.6g  max %.6g\n", shp.c_str(), o.mean().item<double>(),
-              o.std().item<double>(), o.min().item<double>(), o.max().item<double>());
-  std::printf("load %.3f s  forward %.3f s  peak RSS %s (%.0f bytes)\n", load_s, fwd_s,
-              human_bytes(cli::peak_rss_bytes()).c_str(), cli::peak_rss_bytes());
-  if (times.size() > 1) {
-    // Later calls: warm kernels, learned prefetch order, promoted layers.
-    std::vector<double> later(times.begin() + 1, times.end());
-    std::sort(later.begin(), later.end());
-    std::printf("later forwards: median %.3f s  min %.3f s  (%zu runs)\n", later[later.size() / 2], later.front(),
-                later.size());
-  }
-  std::printf("%s\n", resident_summary({dit}).c_str());
+  if (config.management_enabled()) std::fprintf(stderr, "diffsynth: %s\n", cli::resident_summary(pool.model).c_str());
   return 0;
 }
 
@@ -326,30 +218,11 @@ int main(int argc, char** argv) {
   cli::VRAMArgs vram_args;
   vram_args.add(*load);
 
-  ForwardArgs forward_args;
-  auto* forward = app.add_subcommand("forward", "Run the Qwen-Image DiT once on seeded random inputs (timestep 500); "
+  cli::ForwardArgs forward_args;
+  auto* forward = app.add_subcommand("forward", "Run a DiT once on seeded random inputs (timestep 500): a Qwen-Image DiT "
+                                                "(latents NxCxHxW) or a Wan video DiT (NxCxFxHxW), as the files identify; "
                                                 "print output statistics, time and peak RSS");
-  forward->add_option("files", files, "Model file(s), a folder or an *.index.json")->required();
-  forward->add_option("--latents", forward_args.latents, "Latent shape NxCxHxW")->capture_default_str();
-  forward->add_option("--text-tokens", forward_args.text_tokens, "Text tokens")
-      ->capture_default_str()
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 40));
-  forward->add_option("--dtype", dtype, "Computation dtype")->capture_default_str()->check(cli::computation_dtype());
-  forward->add_option("--device", device, "Computation device (cpu, cuda, cuda:N)")->capture_default_str();
-  forward->add_option("--seed", forward_args.seed, "Seed of the random inputs, 0 to 2^64-1")
-      ->capture_default_str()
-      ->check(cli::throwing_check(
-          [](const std::string& v) {
-            if (v == "-1") throw Error("-1 (draw one) is for generate; forward needs a seed to be repeatable");
-            cli::parse_seed(v);
-          },
-          "in [0, 2^64-1]"));
-  forward->add_option("--repeat", forward_args.repeat, "Forwards to run (the later ones' median is printed too)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
-  vram_args.add(*forward);
-  cli::LoRAArgs lora_args;
-  lora_args.add(*forward);
+  cli::add_forward_options(*forward, forward_args);
 
   // Answered by the launcher (no libtorch); listed here for --help.
   app.add_subcommand("tokenize", "Encode / decode text with a tokenizer.json byte-level BPE (diffsynth tokenize --help)");
@@ -371,7 +244,7 @@ int main(int argc, char** argv) {
     if (*hash) return cmd_hash(files, without_shape);
     if (*inspect) return cmd_inspect(files, as_json, all_tensors);
     if (*load) return cmd_load(files, dtype, device, touch, vram_args);
-    if (*forward) return cmd_forward(files, dtype, device, vram_args, lora_args, forward_args);
+    if (*forward) return cli::cmd_forward(forward_args);
     if (*generate) return cli::cmd_generate(generate_args);
   } catch (const Error& e) {
     std::cerr << "diffsynth: error: " << e.what() << "\n";

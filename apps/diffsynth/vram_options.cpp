@@ -74,4 +74,15 @@ VRAMConfig VRAMArgs::config(const std::string& dtype, const std::string& device)
   return c;
 }
 
+std::string resident_summary(const std::vector<std::shared_ptr<Module>>& models) {
+  std::int64_t res = 0, mapped = 0;
+  for (const auto& m : models) {
+    auto [r, mp] = stored_weight_bytes(*m);
+    res += r;
+    mapped += mp;
+  }
+  return "weights held: " + human_bytes(static_cast<double>(res)) + " in memory, " +
+         human_bytes(static_cast<double>(mapped)) + " as file views";
+}
+
 }  // namespace diffsynth::cli
