@@ -14,9 +14,11 @@
 namespace diffsynth {
 
 BasePipeline::BasePipeline(torch::Device device, c10::ScalarType dtype, std::int64_t height_division_factor,
-                           std::int64_t width_division_factor)
+                           std::int64_t width_division_factor, std::int64_t time_division_factor,
+                           std::int64_t time_division_remainder)
     : device(device), dtype(dtype), height_division_factor(height_division_factor),
-      width_division_factor(width_division_factor), log(&std::cout) {}
+      width_division_factor(width_division_factor), time_division_factor(time_division_factor),
+      time_division_remainder(time_division_remainder), log(&std::cout) {}
 
 std::pair<std::int64_t, std::int64_t> BasePipeline::check_resize_height_width(std::int64_t height,
                                                                              std::int64_t width) const {
@@ -31,6 +33,20 @@ std::pair<std::int64_t, std::int64_t> BasePipeline::check_resize_height_width(st
   return {height, width};
 }
 
+std::tuple<std::int64_t, std::int64_t, std::int64_t> BasePipeline::check_resize_height_width(std::int64_t height,
+                                                                                           std::int64_t width,
+                                                                                           std::int64_t num_frames) const {
+  std::tie(height, width) = check_resize_height_width(height, width);
+  const auto f = time_division_factor, r = time_division_remainder;
+  if (f > 0 && num_frames % f != r) {
+    // Python's floor division: (num_frames - r + f - 1) // f * f + r.
+    const auto n = num_frames - r + f - 1;
+    num_frames = (n >= 0 ? n / f : -((-n + f - 1) / f)) * f + r;
+    *log << "num_frames % " << f << " != " << r << ". We round it up to " << num_frames << "." << std::endl;
+  }
+  return {height, width, num_frames};
+}
+
 torch::Tensor BasePipeline::preprocess_image(const torch::Tensor& image, double min_value, double max_value) const {
   if (!image.defined() || image.dim() != 3 || image.scalar_type() != torch::kUInt8)
     throw Error("preprocess_image: expected a uint8 [H, W, C] image");
@@ -43,6 +59,13 @@ torch::Tensor BasePipeline::preprocess_image(const torch::Tensor& image, double 
 torch::Tensor BasePipeline::vae_output_to_image(const torch::Tensor& vae_output, double min_value, double max_value) {
   if (vae_output.dim() != 4) throw Error("vae_output_to_image: expected [B, C, H, W]");
   auto x = vae_output.mean(0).permute({1, 2, 0});
+  x = ((x - min_value) * (255 / (max_value - min_value))).clip(0, 255);
+  return x.to(torch::kCPU).to(torch::kUInt8).contiguous();
+}
+
+torch::Tensor BasePipeline::vae_output_to_video(const torch::Tensor& vae_output, double min_value, double max_value) {
+  if (vae_output.dim() != 5) throw Error("vae_output_to_video: expected [B, C, T, H, W]");
+  auto x = vae_output.mean(0).permute({1, 2, 3, 0});
   x = ((x - min_value) * (255 / (max_value - min_value))).clip(0, 255);
   return x.to(torch::kCPU).to(torch::kUInt8).contiguous();
 }

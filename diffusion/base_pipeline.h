@@ -10,6 +10,7 @@
 #include <iosfwd>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "core/module.h"
 #include "diffusion/flow_match.h"
@@ -19,15 +20,22 @@ namespace diffsynth {
 class BasePipeline {
  public:
   BasePipeline(torch::Device device, c10::ScalarType dtype, std::int64_t height_division_factor = 64,
-               std::int64_t width_division_factor = 64);
+               std::int64_t width_division_factor = 64, std::int64_t time_division_factor = 0,
+               std::int64_t time_division_remainder = 0);
 
   // Rounds height/width up to the division factors, printing the reference's notice.
   std::pair<std::int64_t, std::int64_t> check_resize_height_width(std::int64_t height, std::int64_t width) const;
+  // Video pipelines: also rounds num_frames up to the next time_division_factor * k +
+  // time_division_remainder (Wan: 4k + 1), with the reference's notice.
+  std::tuple<std::int64_t, std::int64_t, std::int64_t> check_resize_height_width(std::int64_t height, std::int64_t width,
+                                                                                std::int64_t num_frames) const;
   // np.array(PIL image) [H, W, C] uint8 -> [1, C, H, W] in the pipeline dtype, scaled to
   // [min_value, max_value] with the reference's arithmetic (in the pipeline dtype).
   torch::Tensor preprocess_image(const torch::Tensor& image, double min_value = -1, double max_value = 1) const;
   // [B, C, H, W] -> [H, W, C] uint8: mean over the batch, scale, clip, truncate (in the tensor's dtype).
   static torch::Tensor vae_output_to_image(const torch::Tensor& vae_output, double min_value = -1, double max_value = 1);
+  // [B, C, T, H, W] -> [T, H, W, C] uint8: the same per frame (the reference's vae_output_to_video).
+  static torch::Tensor vae_output_to_video(const torch::Tensor& vae_output, double min_value = -1, double max_value = 1);
   // torch.randn on a CPU generator seeded with `seed`, drawn directly in `rand_dtype` (bf16 noise
   // is not float32 noise rounded), then moved to the pipeline device/dtype. No seed: a fresh
   // random seed (returned through `seed_used`).
@@ -53,6 +61,7 @@ class BasePipeline {
   torch::Device device;
   c10::ScalarType dtype;
   std::int64_t height_division_factor, width_division_factor;
+  std::int64_t time_division_factor, time_division_remainder;  // 0: an image pipeline
   std::ostream* log;  // notices the reference prints (default std::cout)
 };
 

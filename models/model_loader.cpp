@@ -5,6 +5,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/loader/model.h"
+#include "core/loader/torch_pickle.h"
 #include "core/registry.h"
 #include "core/vram/layers.h"
 #include "configs/vram_module_maps.h"
@@ -83,13 +84,23 @@ std::shared_ptr<Module> load_model_with_vram_management(const ModelFactory& fact
 }  // namespace
 
 std::optional<ModelConfigEntry> config_from_metadata(const ModelPaths& path) {
-  if (path.empty() || path[0].size() < 12 || path[0].substr(path[0].size() - 12) != ".safetensors") return std::nullopt;
-  const auto metadata = load_metadata_from_safetensors({path[0]});
-  const auto it = metadata.find(kModelConfigMetadataKey);
-  if (it == metadata.end()) return std::nullopt;
+  if (path.empty()) return std::nullopt;
+  const auto ends_with = [&](const std::string& tail) {
+    return path[0].size() >= tail.size() && path[0].compare(path[0].size() - tail.size(), tail.size(), tail) == 0;
+  };
+  std::optional<std::string> text;
+  if (ends_with(".safetensors")) {
+    const auto metadata = load_metadata_from_safetensors({path[0]});
+    const auto it = metadata.find(kModelConfigMetadataKey);
+    if (it != metadata.end()) text = it->second;
+  } else if (ends_with(".pth") || ends_with(".pt") || ends_with(".bin") || ends_with(".ckpt")) {
+    // A torch.save zip keeps it as the record <archive>/diffsynth_model_config.
+    text = read_torch_file_record(path[0], kModelConfigMetadataKey);
+  }
+  if (!text) return std::nullopt;
   nlohmann::ordered_json j;
   try {
-    j = nlohmann::ordered_json::parse(it->second);
+    j = nlohmann::ordered_json::parse(*text);
   } catch (const std::exception& e) {
     fail(path[0], std::string("metadata '") + kModelConfigMetadataKey + "' is not valid JSON: " + e.what());
   }
@@ -173,6 +184,19 @@ void ModelPool::auto_load_model(const ModelPaths& path, std::optional<VRAMConfig
     if (!hint.empty()) msg += ". " + hint;
     throw Error(msg);
   }
+}
+
+std::vector<ModelConfigEntry> identify_model_file(const ModelPaths& path) {
+  const std::string model_hash = hash_model_file(path);
+  std::vector<ModelConfigEntry> found;
+  for (const auto& entry : model_configs())
+    if (entry.model_hash == model_hash) found.push_back(entry);
+  if (found.empty())
+    if (auto own = config_from_metadata(path)) {
+      own->model_hash = model_hash;
+      found.push_back(*own);
+    }
+  return found;
 }
 
 std::vector<std::size_t> ModelPool::matches(const std::string& name) const {

@@ -47,11 +47,17 @@ class ModelPool {
   std::ostream* out_;
 };
 
-// Beyond the reference: a safetensors file may carry its own config entry as JSON
-// ({"model_name", "model_class", "extra_kwargs", "state_dict_converter"}) under this metadata key;
-// ModelPool uses it when the file's hash is not in the table.
+// Beyond the reference: a file may carry its own config entry as JSON ({"model_name",
+// "model_class", "extra_kwargs", "state_dict_converter"}) under this key: a safetensors file in
+// its metadata, a torch.save file as the zip record <archive>/diffsynth_model_config (which
+// torch.load ignores). ModelPool uses it when the file's hash is not in the table.
 inline constexpr const char* kModelConfigMetadataKey = "diffsynth_model_config";
 std::optional<ModelConfigEntry> config_from_metadata(const ModelPaths& path);
+
+// The config entries auto_load_model would load for `path` (the table's entries with its hash,
+// else the file's own config entry; empty when neither), found without loading anything: the
+// header is read and hashed. Lets a caller pick a pipeline and check options first.
+std::vector<ModelConfigEntry> identify_model_file(const ModelPaths& path);
 
 // Beyond the reference: for a file no config recognises, the implemented model whose layout
 // overlaps it most, with what is missing, extra or mis-shaped. Empty when nothing overlaps.

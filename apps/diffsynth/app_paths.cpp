@@ -18,13 +18,13 @@ fs::path executable_dir() {
   return ec ? fs::path(".") : exe.parent_path();
 }
 
-std::string default_tokenizer_dir() {
+std::string default_tokenizer_dir(const std::string& name) {
   std::vector<fs::path> candidates;
   if (const char* data = std::getenv("DIFFSYNTH_DATA_DIR"); data && *data)
-    candidates.emplace_back(fs::path(data) / "qwen-tokenizer");
+    candidates.emplace_back(fs::path(data) / name);
   const fs::path bin = executable_dir();
-  candidates.push_back(bin.parent_path().parent_path() / "data" / "qwen-tokenizer");  // <repo>/build*/bin
-  candidates.push_back(bin.parent_path() / "data" / "qwen-tokenizer");                // <prefix>/bin
+  candidates.push_back(bin.parent_path().parent_path() / "data" / name);  // <repo>/build*/bin
+  candidates.push_back(bin.parent_path() / "data" / name);                // <prefix>/bin
   std::string tried;
   for (const auto& c : candidates) {
     std::error_code ec;

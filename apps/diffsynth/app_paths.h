@@ -8,10 +8,10 @@ namespace diffsynth::cli {
 
 // The folder of the running executable (/proc/self/exe).
 std::filesystem::path executable_dir();
-// The bundled Qwen tokenizer (data/qwen-tokenizer): $DIFFSYNTH_DATA_DIR/qwen-tokenizer, else the
-// source tree above build*/bin/, else <prefix>/data next to bin/. Throws Error naming every
-// place tried.
-std::string default_tokenizer_dir();
+// A bundled tokenizer (data/<name>: qwen-tokenizer, umt5-tokenizer): $DIFFSYNTH_DATA_DIR/<name>,
+// else the source tree above build*/bin/, else <prefix>/data next to bin/. Throws Error naming
+// every place tried.
+std::string default_tokenizer_dir(const std::string& name = "qwen-tokenizer");
 // The tiny random-weight Qwen-Image folder the build writes (<build>/models/tiny-qwen-image);
 // empty when it was not built.
 std::string default_model_dir();

@@ -18,6 +18,7 @@
 #include "core/vram/layers.h"
 #include "models/model_loader.h"
 #include "pipelines/qwen_image.h"
+#include "pipelines/wan_video.h"
 #include "utils/image.h"
 #include "utils/lora/general.h"
 
@@ -73,13 +74,13 @@ void check_multiple(std::int64_t v, const char* name, const std::string& source)
                 std::to_string(v / 16 * 16 < 16 ? 16 : v / 16 * 16) + " or " + std::to_string((v / 16 + 1) * 16) + ")");
 }
 
+}  // namespace
+
 // A one-line notice for an option that does nothing here (not an error: the run is still what
 // was asked, minus a no-op).
 void warn_unused(bool quiet, const std::string& message) {
   if (!quiet) std::cerr << "diffsynth: warning: " << message << "\n";
 }
-
-}  // namespace
 
 void add_generate_options(CLI::App& g, GenerateArgs& a) {
   const std::string side = std::to_string(QwenImagePipeline::kMaxImageSide);
@@ -87,23 +88,38 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("-n,--negative-prompt", a.negative_prompt, "Negative prompt (used when --cfg-scale is not 1)");
   g.add_option("--seed", a.seed, "Seed of the initial noise, 0 to 2^64-1; -1 or none: drawn at random (written to the PNG)")
       ->check(seed_value());
-  g.add_option("--steps", a.steps, "Denoising steps: 2 to 10000 (1 only for img2img with --strength below 1)")
-      ->capture_default_str()
+  g.add_option("--steps", a.steps,
+               "Denoising steps, 1 to 10000 (default: Qwen-Image 30, at least 2 unless img2img with --strength below 1; Wan 50)")
       ->check(CLI::Range(1, 10000));
-  g.add_option("--cfg-scale", a.cfg_scale, "True CFG scale (1 = no negative pass)")
-      ->capture_default_str()
+  g.add_option("--cfg-scale", a.cfg_scale, "True CFG scale (1 = no negative pass; default: Qwen-Image 4, Wan 5)")
       ->check(finite_in(-QwenImagePipeline::kMaxGuidance, QwenImagePipeline::kMaxGuidance));
-  g.add_option("--width", a.width, "Image width, a multiple of 16 up to " + side + " (default 1328, or the input image's)")
+  g.add_option("--width", a.width,
+               "Width: Qwen-Image a multiple of 16 up to " + side + " (default 1328, or the input image's); Wan rounded up "
+               "to a multiple of 16 (default 832)")
       ->check(CLI::Range(std::int64_t{16}, QwenImagePipeline::kMaxImageSide));
-  g.add_option("--height", a.height, "Image height, a multiple of 16 up to " + side + " (default 1328, or the input image's)")
+  g.add_option("--height", a.height,
+               "Height: Qwen-Image a multiple of 16 up to " + side + " (default 1328, or the input image's); Wan rounded up "
+               "to a multiple of 16 (default 480)")
       ->check(CLI::Range(std::int64_t{16}, QwenImagePipeline::kMaxImageSide));
+  g.add_option("--num-frames", a.num_frames, "Video: frames, rounded up to 4k + 1 as the reference does (default 81)")
+      ->check(CLI::Range(std::int64_t{1}, WanVideoPipeline::kMaxFrames));
+  g.add_option("--fps", a.fps, "Video: frame rate of the file written (default 15)")->check(finite_in(0.01, 1000));
+  g.add_option("--sigma-shift", a.sigma_shift, "Video: the Wan scheduler's shift (default 5)")
+      ->check(finite_in(0, WanVideoPipeline::kMaxShift, /*lo_open=*/true));
+  g.add_option("--quality", a.quality,
+               "Video: H.264 quality 1 (smallest) to 10 (lossless), imageio's scale: CRF = 51 * (10 - q) / 10 (default 9)")
+      ->check(CLI::Range(1, 10));
+  g.add_option("--frames-dir", a.frames_dir, "Video: also write each frame as DIR/frame_NNNNN.png");
+  g.add_flag("--no-tiled", a.no_tiled, "Video: decode the VAE in one piece (default: tiles of 30x52 latents, stride 15x26)");
   g.add_option("-m,--model", a.models,
                "Model file(s): DiT, text encoder, VAE, ControlNet... each identified by its hash; a folder or "
-               "*.index.json = one sharded checkpoint");
+               "*.index.json = one sharded checkpoint. The identified DiT picks the pipeline");
   g.add_option("--model-dir", a.model_dir,
-               "A Qwen-Image style folder (transformer/, text_encoder/, vae/, tokenizer/); default: the tiny "
-               "random-weight model the build writes");
-  g.add_option("--tokenizer", a.tokenizer, "Folder with tokenizer.json (default: MODEL_DIR/tokenizer, else the bundled Qwen tokenizer)");
+               "A model folder: Qwen-Image style (transformer/, text_encoder/, vae/, tokenizer/) or Wan2.1 as published "
+               "(diffusion_pytorch_model*.safetensors, models_t5_umt5-xxl-enc-bf16.pth, Wan2.1_VAE.pth, google/umt5-xxl/); "
+               "default: the tiny random-weight Qwen-Image the build writes");
+  g.add_option("--tokenizer", a.tokenizer,
+               "Folder with tokenizer.json (default: the model folder's tokenizer/ or google/umt5-xxl/, else the bundled one)");
   g.add_option("-i,--input-image", a.input_image, "img2img: start from this PNG (resized to the output size)");
   g.add_option("--strength", a.strength, "img2img denoising strength in (0, 1] (default 1; needs --input-image)")
       ->check(finite_in(0, 1, /*lo_open=*/true));
@@ -120,22 +136,35 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   a.lora.add(g);
   g.add_option("--exponential-shift-mu", a.exponential_shift_mu, "Scheduler shift mu (default: from the image size)")
       ->check(finite_in(-QwenImagePipeline::kMaxShiftMu, QwenImagePipeline::kMaxShiftMu));
-  g.add_flag("--tiled", a.tiled, "VAE encode/decode in tiles (bounded memory for large images)");
+  g.add_flag("--tiled", a.tiled, "Image: VAE encode/decode in tiles (bounded memory for large images; video always tiles)");
   g.add_option("--dtype", a.dtype, "Model and computation dtype")->capture_default_str()->check(computation_dtype());
   g.add_option("--device", a.device, "Device (cpu, cuda, cuda:N)")->capture_default_str();
   g.add_option("--threads", a.threads, "CPU threads (default: libtorch's)")->check(thread_count());
-  g.add_option("-o,--output", a.output, "Output PNG (written atomically: a temporary file, then renamed)")->capture_default_str();
+  g.add_option("-o,--output", a.output,
+               "Output: a PNG for an image (default output.png), .mp4/.mov/.mkv for a video (default output.mp4); written "
+               "atomically (a temporary file, then renamed)");
   g.add_option("--save-latents", a.save_latents, "Also write the final latents (before decoding) as float32 safetensors");
   g.add_flag("-q,--quiet", a.quiet, "No loading messages or progress bar");
   a.vram.add(g);
 }
 
-int cmd_generate(const GenerateArgs& a) {
-  const auto t0 = std::chrono::steady_clock::now();
+namespace {
+
+// Qwen-Image text-to-image (img2img, inpaint, Blockwise ControlNet).
+int generate_image(const GenerateArgs& a, GenerateModels models, std::chrono::steady_clock::time_point t0) {
   // Everything that needs no model is checked first: a mistake costs a second, not a load.
   const auto dtype = parse_computation_dtype(a.dtype);
   const auto device = parse_device(a.device);
   const std::optional<std::uint64_t> seed = a.seed.empty() ? std::nullopt : parse_seed(a.seed);
+  for (const auto& [given, name] : std::initializer_list<std::pair<bool, const char*>>{
+           {a.num_frames.has_value(), "--num-frames"}, {a.fps.has_value(), "--fps"},
+           {a.sigma_shift.has_value(), "--sigma-shift"}, {a.quality.has_value(), "--quality"},
+           {!a.frames_dir.empty(), "--frames-dir"}, {a.no_tiled, "--no-tiled"}})
+    if (given)
+      throw Error(std::string(name) + " is a video option: the identified DiT (qwen_image_dit, Qwen-Image) makes images");
+  const std::int64_t steps = a.steps.value_or(30);
+  const double cfg_scale = a.cfg_scale.value_or(4.0);
+  const std::string output = a.output.empty() ? "output.png" : a.output;
   if (a.strength && a.input_image.empty())
     throw Error("--strength applies to img2img: it needs --input-image (the picture to start from)");
   if (!a.mask.empty() && a.input_image.empty()) throw Error("--mask needs --input-image (the picture to inpaint)");
@@ -148,19 +177,16 @@ int cmd_generate(const GenerateArgs& a) {
                 " images for " + std::to_string(a.controlnets.size()) + " ControlNets)");
   if (a.control_scales.size() > 1 && a.control_scales.size() != a.control_images.size())
     throw Error("give one --control-scale for all control images, or one per image");
-  if (a.steps == 1 && a.strength.value_or(1.0) == 1.0)
+  if (steps == 1 && a.strength.value_or(1.0) == 1.0)
     throw Error("--steps 1: the Qwen-Image schedule is undefined for a single full-strength step (the reference "
                 "denoises with NaN): use --steps 2 or more, or img2img with --strength below 1");
-  if (!a.negative_prompt.empty() && a.cfg_scale == 1.0)
+  if (!a.negative_prompt.empty() && cfg_scale == 1.0)
     warn_unused(a.quiet, "--negative-prompt is not used at --cfg-scale 1 (no negative pass runs)");
   if (a.lora.loras.empty() && a.lora.mode != "auto") warn_unused(a.quiet, "--lora-mode has no effect without --lora");
-  for (const auto& m : a.models) check_model_files(m, "--model");
   for (const auto& c : a.controlnets) check_model_files(c, "--controlnet");
-  if (!a.model_dir.empty()) check_folder(a.model_dir, "--model-dir");
-  if (!a.tokenizer.empty()) check_folder(a.tokenizer, "--tokenizer");
-  check_output_path(a.output, "-o");
-  if (fs::path(a.output).extension() != ".png" && fs::path(a.output).extension() != ".PNG")
-    throw Error("-o " + a.output + ": generate writes PNG images; give a .png name");
+  check_output_path(output, "-o");
+  if (fs::path(output).extension() != ".png" && fs::path(output).extension() != ".PNG")
+    throw Error("-o " + output + ": Qwen-Image makes images; give a .png name");
   if (!a.save_latents.empty()) check_output_path(a.save_latents, "--save-latents");
   const VRAMConfig config = a.vram.config(a.dtype, a.device);
   if (a.threads) torch::set_num_threads(*a.threads);
@@ -180,9 +206,9 @@ int cmd_generate(const GenerateArgs& a) {
   QwenImageInputs in;
   in.prompt = a.prompt;
   in.negative_prompt = a.negative_prompt;
-  in.cfg_scale = a.cfg_scale;
+  in.cfg_scale = cfg_scale;
   in.seed = seed;
-  in.num_inference_steps = a.steps;
+  in.num_inference_steps = steps;
   in.width = width;
   in.height = height;
   in.exponential_shift_mu = a.exponential_shift_mu;
@@ -199,23 +225,11 @@ int cmd_generate(const GenerateArgs& a) {
                "a " + size_text + " image (its pixel and latent buffers alone, " + dtype_name(dtype).substr(6) + ")", device);
   QwenImagePipeline::check_inputs(in);
 
-  // Models: --model files, else the model folder (default: the tiny one the build writes).
-  std::string model_dir = a.model_dir;
-  std::vector<ModelPaths> files;
-  for (const auto& m : a.models) files.push_back(model_paths(m));
-  if (files.empty()) {
-    if (model_dir.empty()) {
-      model_dir = default_model_dir();
-      if (model_dir.empty()) throw Error("no --model or --model-dir given, and the default tiny model was not built");
-      if (!a.quiet)
-        std::cerr << "diffsynth: no --model given: using the tiny random-weight Qwen-Image in " << model_dir
-                  << " (it draws noise; pass --model-dir /path/to/Qwen-Image for real images)\n";
-    }
-    for (const char* role : {"text_encoder", "transformer", "vae"})
-      if (auto p = role_folder(model_dir, role)) files.push_back(*p);
-  }
+  // Models: what cmd_generate found, and the ControlNets.
+  const std::string& model_dir = models.model_dir;
+  std::vector<ModelPaths>& files = models.files;
   for (const auto& c : a.controlnets) files.push_back(model_paths(c));
-  std::string tokenizer = a.tokenizer;
+  std::string tokenizer = models.tokenizer;
   if (tokenizer.empty() && !model_dir.empty() && is_dir(fs::path(model_dir) / "tokenizer"))
     tokenizer = (fs::path(model_dir) / "tokenizer").string();
   if (tokenizer.empty()) tokenizer = default_tokenizer_dir();
@@ -263,8 +277,8 @@ int cmd_generate(const GenerateArgs& a) {
   params["prompt"] = a.prompt;
   params["negative_prompt"] = a.negative_prompt;
   params["seed"] = result.seed;
-  params["steps"] = a.steps;
-  params["cfg_scale"] = a.cfg_scale;
+  params["steps"] = steps;
+  params["cfg_scale"] = cfg_scale;
   params["width"] = result.width;
   params["height"] = result.height;
   params["models"] = nlohmann::ordered_json::array();
@@ -282,18 +296,64 @@ int cmd_generate(const GenerateArgs& a) {
   params["software"] = "diffsynth.cpp";
   if (!a.save_latents.empty())
     save_safetensors(a.save_latents, {{"latents", result.latents.to(torch::kCPU, torch::kFloat32).contiguous()}});
-  write_png(a.output, result.image, {{"parameters", params.dump()}, {"Software", "diffsynth.cpp"}});
+  write_png(output, result.image, {{"parameters", params.dump()}, {"Software", "diffsynth.cpp"}});
   if (!a.quiet) {
     std::fprintf(stderr,
                  "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
                  "peak RSS %.2f GiB\n",
-                 load_seconds, result.encode_seconds, result.denoise_seconds, static_cast<long long>(a.steps),
-                 result.denoise_seconds / static_cast<double>(a.steps), result.decode_seconds, peak_rss_bytes() / (1 << 30));
+                 load_seconds, result.encode_seconds, result.denoise_seconds, static_cast<long long>(steps),
+                 result.denoise_seconds / static_cast<double>(steps), result.decode_seconds, peak_rss_bytes() / (1 << 30));
   }
   if (!a.quiet)
-    std::cerr << "diffsynth: wrote " << a.output << " (" << result.width << "x" << result.height << ", seed " << result.seed
+    std::cerr << "diffsynth: wrote " << output << " (" << result.width << "x" << result.height << ", seed " << result.seed
               << ") in " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
   return 0;
+}
+
+}  // namespace
+
+int cmd_generate(const GenerateArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  parse_computation_dtype(a.dtype);
+  parse_device(a.device);
+  for (const auto& m : a.models) check_model_files(m, "--model");
+  if (!a.model_dir.empty()) check_folder(a.model_dir, "--model-dir");
+  if (!a.tokenizer.empty()) check_folder(a.tokenizer, "--tokenizer");
+  // Models: --model files, else the model folder (default: the tiny Qwen-Image the build writes).
+  GenerateModels models;
+  for (const auto& m : a.models) models.files.push_back(model_paths(m));
+  if (!models.files.empty()) models.model_dir = a.model_dir;  // its tokenizer/, if any
+  if (models.files.empty()) {
+    std::string dir = a.model_dir;
+    if (dir.empty()) {
+      dir = default_model_dir();
+      if (dir.empty()) throw Error("no --model or --model-dir given, and the default tiny model was not built");
+      if (!a.quiet)
+        std::cerr << "diffsynth: no --model given: using the tiny random-weight Qwen-Image in " << dir
+                  << " (it draws noise; pass --model-dir /path/to/Qwen-Image for real images)\n";
+    }
+    if (auto wan = wan_model_folder(dir)) {
+      models = *wan;
+    } else {
+      models.model_dir = dir;
+      for (const char* role : {"text_encoder", "transformer", "vae"})
+        if (auto p = role_folder(dir, role)) models.files.push_back(*p);
+      if (models.files.empty())
+        throw Error("--model-dir " + dir + ": no model files (neither a Qwen-Image folder with transformer/, text_encoder/, "
+                    "vae/ nor a Wan2.1 folder with diffusion_pytorch_model*.safetensors)");
+    }
+  }
+  if (!a.tokenizer.empty()) models.tokenizer = a.tokenizer;
+  // The identified DiT picks the pipeline (headers only: nothing is loaded yet).
+  bool wan = false, qwen = false;
+  for (const auto& f : models.files)
+    for (const auto& e : identify_model_file(f)) {
+      wan = wan || e.model_name == "wan_video_dit";
+      qwen = qwen || e.model_name == "qwen_image_dit";
+    }
+  if (wan && qwen) throw Error("the model files hold a Wan DiT and a Qwen-Image DiT: give the files of one pipeline");
+  if (wan) return generate_video(a, models, t0);
+  return generate_image(a, std::move(models), t0);
 }
 
 }  // namespace diffsynth::cli

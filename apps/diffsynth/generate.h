@@ -1,11 +1,15 @@
-// `diffsynth generate`: Qwen-Image text-to-image (img2img, inpaint, Blockwise ControlNet, LoRA)
-// from the command line. Declared here, registered by main.cpp.
+// `diffsynth generate`: the pipeline of the identified DiT from the command line: Qwen-Image
+// text-to-image (img2img, inpaint, Blockwise ControlNet, LoRA; generate.cpp) or Wan2.1
+// text-to-video (generate_video.cpp). Declared here, registered by main.cpp.
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "core/loader/file.h"
 
 #include "apps/diffsynth/lora_options.h"
 #include "apps/diffsynth/vram_options.h"
@@ -15,9 +19,15 @@ namespace diffsynth::cli {
 struct GenerateArgs {
   std::string prompt, negative_prompt;
   std::string seed;  // 0..2^64-1, or -1 / empty: drawn at random (parse_seed)
-  std::int64_t steps = 30;
-  double cfg_scale = 4.0;
+  std::optional<std::int64_t> steps;  // default: the pipeline's (Qwen-Image 30, Wan 50)
+  std::optional<double> cfg_scale;    // default: the pipeline's (Qwen-Image 4, Wan 5)
   std::optional<std::int64_t> width, height;
+  // Video (Wan) only.
+  std::optional<std::int64_t> num_frames;
+  std::optional<double> fps, sigma_shift;
+  std::optional<int> quality;
+  std::string frames_dir;
+  bool no_tiled = false;
   std::vector<std::string> models;  // files or folders (a folder = one sharded checkpoint)
   std::string model_dir, tokenizer;
   std::string input_image, mask;
@@ -31,7 +41,7 @@ struct GenerateArgs {
   bool tiled = false;
   std::string dtype = "bfloat16", device = "cpu";
   std::optional<int> threads;  // default: libtorch's
-  std::string output = "output.png";
+  std::string output;  // default output.png (image) / output.mp4 (video)
   std::string save_latents;  // the final latents (float32 safetensors), for parity checks
   bool quiet = false;
   VRAMArgs vram;  // --offload, --offload-dtype, --vram-limit, --vram-config
@@ -39,5 +49,20 @@ struct GenerateArgs {
 
 void add_generate_options(CLI::App& sub, GenerateArgs& args);
 int cmd_generate(const GenerateArgs& args);
+
+// What generate runs on: the model files (each one checkpoint), the model folder they came from
+// (empty for --model files) and the tokenizer folder (empty: the pipeline's default).
+struct GenerateModels {
+  std::vector<ModelPaths> files;
+  std::string model_dir, tokenizer;
+};
+// The Wan2.1 text-to-video run (generate_video.cpp), once the files are known to hold a Wan DiT.
+int generate_video(const GenerateArgs& args, const GenerateModels& models, std::chrono::steady_clock::time_point t0);
+// Files of a Wan2.1 model folder as published (diffusion_pytorch_model*.safetensors,
+// models_t5_umt5-xxl-enc-bf16.pth or .safetensors, Wan2.1_VAE.pth or .safetensors,
+// google/umt5-xxl/); nullopt when `dir` holds none of them. A missing role is an Error.
+std::optional<GenerateModels> wan_model_folder(const std::string& dir);
+// "diffsynth: warning: <message>" unless quiet: an option that does nothing here.
+void warn_unused(bool quiet, const std::string& message);
 
 }  // namespace diffsynth::cli

@@ -9,17 +9,26 @@
 // carries its config entry in its metadata (the table has no hash for these sizes), so ModelPool
 // loads it like a real checkpoint. The build writes one for the default `diffsynth generate`.
 //
+// diffsynth_make_example --tiny-wan DIR
+// Writes a tiny Wan2.1 text-to-video model in the published Wan2.1-T2V-1.3B folder layout:
+// DIR/diffusion_pytorch_model.safetensors (WanModel, float32), DIR/models_t5_umt5-xxl-enc-bf16.pth
+// (WanTextEncoder with the real 256,384-token vocabulary, bf16), DIR/Wan2.1_VAE.pth (WanVideoVAE
+// in the file's own key layout, float32); each carries its config entry (safetensors metadata, or
+// the .pth record diffsynth_model_config). The tokenizer (google/umt5-xxl/) is copied by the build.
+//
 // diffsynth_make_example --qwen-image-dit OUT.safetensors NUM_LAYERS
 // Writes the Qwen-Image DiT at full width with NUM_LAYERS blocks, random bf16 weights and its
 // config in the metadata: the reduced DiT the VRAM benchmarks run (no Python needed, e.g. on a
 // GPU machine without the reference installed).
 #include <filesystem>
+#include <functional>
 #include <iostream>
 
 #include "configs/model_configs.h"
 #include "core/error.h"
 #include "core/loader/file.h"
 #include "core/loader/safetensors.h"
+#include "core/loader/torch_pickle.h"
 #include "core/registry.h"
 #include "models/model_loader.h"
 
@@ -50,25 +59,53 @@ std::string te_checkpoint_name(const std::string& k) {
   return k;
 }
 
+// A model of `model_class` with tiny_weight values in `dtype`, written with its config entry
+// (safetensors metadata, or the record diffsynth_model_config of a .pth). `file_name` maps a
+// parameter name to its name in the file (the inverse of the entry's converter).
 void write_tiny(const std::filesystem::path& file, const std::string& model_name, const std::string& model_class,
-                const nlohmann::ordered_json& kwargs, const char* converter, bool checkpoint_names) {
+                const nlohmann::ordered_json& kwargs, const char* converter,
+                const std::function<std::string(const std::string&)>& file_name = {},
+                c10::ScalarType dtype = torch::kBFloat16) {
   const auto* factory = Registry::model(model_class);
   if (!factory) throw Error("model class not registered: " + model_class);
   auto model = (*factory)(kwargs);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& [name, meta] : module_state(*model))
-    tensors.emplace_back(checkpoint_names ? te_checkpoint_name(name) : name, tiny_weight(name, meta).to(torch::kBFloat16));
+    tensors.emplace_back(file_name ? file_name(name) : name, tiny_weight(name, meta).to(dtype));
   nlohmann::ordered_json config;
   config["model_name"] = model_name;
   config["model_class"] = model_class;
   config["extra_kwargs"] = kwargs;
   if (converter) config["state_dict_converter"] = converter;
   std::filesystem::create_directories(file.parent_path());
-  save_safetensors(file.string(), tensors,
-                   {{"format", "pt"},
-                    {"generator", "diffsynth_make_example (random weights)"},
-                    {kModelConfigMetadataKey, config.dump()}});
+  if (file.extension() == ".pth")
+    save_torch_file(file.string(), tensors, {{kModelConfigMetadataKey, config.dump()}});
+  else
+    save_safetensors(file.string(), tensors,
+                     {{"format", "pt"},
+                      {"generator", "diffsynth_make_example (random weights)"},
+                      {kModelConfigMetadataKey, config.dump()}});
   std::cout << "wrote " << file.string() << " (" << model_name << ", hash " << hash_model_file({file.string()}) << ")\n";
+}
+
+void make_tiny_wan(const std::filesystem::path& dir) {
+  torch::manual_seed(0);
+  // The text encoder keeps the real vocabulary (the real tokenizer's ids must fit); its width
+  // is the DiT's text_dim. The DiT's head dim (32) splits into the 3-D RoPE's 12 + 10 + 10.
+  write_tiny(dir / "diffusion_pytorch_model.safetensors", "wan_video_dit", "diffsynth.models.wan_video_dit.WanModel",
+             {{"has_image_input", false}, {"patch_size", {1, 2, 2}}, {"in_dim", 16}, {"dim", 64}, {"ffn_dim", 128},
+              {"freq_dim", 32}, {"text_dim", 32}, {"out_dim", 16}, {"num_heads", 2}, {"num_layers", 2}, {"eps", 1e-6}},
+             nullptr, {}, torch::kFloat32);
+  write_tiny(dir / "models_t5_umt5-xxl-enc-bf16.pth", "wan_video_text_encoder",
+             "diffsynth.models.wan_video_text_encoder.WanTextEncoder",
+             {{"vocab", 256384}, {"dim", 32}, {"dim_attn", 32}, {"dim_ffn", 64}, {"num_heads", 2}, {"num_layers", 2},
+              {"num_buckets", 32}, {"shared_pos", false}},
+             nullptr);
+  // Wan2.1_VAE.pth names its tensors without the "model." WanVideoVAEStateDictConverter adds.
+  write_tiny(dir / "Wan2.1_VAE.pth", "wan_video_vae", "diffsynth.models.wan_video_vae.WanVideoVAE",
+             {{"dim", 16}, {"num_res_blocks", 1}},
+             "diffsynth.utils.state_dict_converters.wan_video_vae.WanVideoVAEStateDictConverter",
+             [](const std::string& k) { return k.rfind("model.", 0) == 0 ? k.substr(6) : k; }, torch::kFloat32);
 }
 
 void make_tiny_qwen_image(const std::filesystem::path& dir) {
@@ -79,15 +116,16 @@ void make_tiny_qwen_image(const std::filesystem::path& dir) {
              "diffsynth.models.qwen_image_dit.QwenImageDiT",
              {{"num_layers", 2}, {"dim", 64}, {"num_attention_heads", 2}, {"attention_head_dim", 32},
               {"joint_attention_dim", 128}},
-             nullptr, false);
+             nullptr);
   write_tiny(dir / "text_encoder" / "model.safetensors", "qwen_image_text_encoder",
              "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder",
              {{"hidden_size", 128}, {"intermediate_size", 256}, {"num_hidden_layers", 2}, {"num_attention_heads", 1},
               {"num_key_value_heads", 1}, {"vision_depth", 1}, {"vision_hidden_size", 32}, {"vision_num_heads", 1},
               {"vision_intermediate_size", 64}},
-             "diffsynth.utils.state_dict_converters.qwen_image_text_encoder.QwenImageTextEncoderStateDictConverter", true);
+             "diffsynth.utils.state_dict_converters.qwen_image_text_encoder.QwenImageTextEncoderStateDictConverter",
+             te_checkpoint_name);
   write_tiny(dir / "vae" / "diffusion_pytorch_model.safetensors", "qwen_image_vae",
-             "diffsynth.models.qwen_image_vae.QwenImageVAE", {{"base_dim", 16}, {"num_res_blocks", 1}}, nullptr, false);
+             "diffsynth.models.qwen_image_vae.QwenImageVAE", {{"base_dim", 16}, {"num_res_blocks", 1}}, nullptr);
 }
 
 }  // namespace
@@ -99,16 +137,17 @@ int main(int argc, char** argv) {
       if (layers < 1) throw Error("NUM_LAYERS must be >= 1");
       torch::manual_seed(0);
       write_tiny(argv[2], "qwen_image_dit", "diffsynth.models.qwen_image_dit.QwenImageDiT", {{"num_layers", layers}},
-                 nullptr, false);
+                 nullptr);
     } catch (const std::exception& e) {
       std::cerr << "diffsynth_make_example: error: " << e.what() << "\n";
       return 2;
     }
     return 0;
   }
-  if (argc == 3 && std::string(argv[1]) == "--tiny-qwen-image") {
+  if (argc == 3 && (std::string(argv[1]) == "--tiny-qwen-image" || std::string(argv[1]) == "--tiny-wan")) {
     try {
-      make_tiny_qwen_image(argv[2]);
+      if (std::string(argv[1]) == "--tiny-wan") make_tiny_wan(argv[2]);
+      else make_tiny_qwen_image(argv[2]);
     } catch (const std::exception& e) {
       std::cerr << "diffsynth_make_example: error: " << e.what() << "\n";
       return 2;
@@ -117,6 +156,7 @@ int main(int argc, char** argv) {
   }
   if (argc < 2 || argc > 3) {
     std::cerr << "usage: diffsynth_make_example OUT.safetensors [MODEL_HASH]\n       diffsynth_make_example --tiny-qwen-image DIR\n"
+                 "       diffsynth_make_example --tiny-wan DIR\n"
                  "       diffsynth_make_example --qwen-image-dit OUT.safetensors NUM_LAYERS\n";
     return 2;
   }

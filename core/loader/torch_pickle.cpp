@@ -8,10 +8,13 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/loader/mapped_file.h"
 
 // Raw-deflate decoder of the miniz copy inside libtorch_cpu (exported, but its header is
@@ -1397,7 +1401,10 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 
 }  // namespace
 
-c10::IValue load_torch_file(const std::string& path) {
+namespace {
+
+// The zip of a torch.save file, checked, and its "<archive>/" prefix.
+std::pair<ZipArchive, std::string> open_torch_zip(const std::string& path) {
   auto map = MappedFile::open(path);
   const std::uint8_t* d = map->data();
   const std::size_t n = map->size();
@@ -1427,7 +1434,55 @@ c10::IValue load_torch_file(const std::string& path) {
     }
   }
   if (prefix.empty()) fail(path, "zip archive has no '<archive>/data.pkl' record, so it is not a torch.save checkpoint");
-  for (const auto& e : zip.entries()) {
+  return {std::move(zip), prefix};
+}
+
+}  // namespace
+
+std::optional<std::string> read_torch_file_record(const std::string& path, const std::string& name) {
+  auto [zip, prefix] = open_torch_zip(path);
+  const ZipEntry* e = zip.find(prefix + name);
+  if (!e) return std::nullopt;
+  c10::Storage s = zip.read(*e);
+  return s.nbytes() ? std::string(static_cast<const char*>(s.data()), s.nbytes()) : std::string();
+}
+
+void save_torch_file(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& state_dict,
+                     const std::vector<std::pair<std::string, std::string>>& extra_records) {
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  std::vector<at::Tensor> keep;
+  for (const auto& [k, v] : state_dict) {
+    if (dict.contains(k)) throw Error(path + ": key '" + k + "' appears twice in the state dict");
+    keep.push_back(v.contiguous().cpu());
+    dict.insert(k, keep.back());
+  }
+  // libtorch's pickler as torch::pickle_save runs it, but without the TorchScript type tags
+  // (torch.jit._pickle.restore_type_tag) that a plain torch.save does not write either.
+  std::vector<char> pickle;
+  torch::jit::Pickler pickler([&](const char* data, std::size_t n) { pickle.insert(pickle.end(), data, data + n); },
+                              nullptr, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(dict));
+  pickler.stop();
+  write_file_atomically(path, [&](std::FILE* f) {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, std::size_t n) -> std::size_t {
+      return n == 0 ? 0 : std::fwrite(data, 1, n, f);
+    });
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    writer.writeRecord("byteorder", "little", 6);
+    const auto& tensors = pickler.tensorData();
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      const auto data = torch::jit::getWriteableTensorData(tensors[i]);
+      writer.writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+    }
+    for (const auto& [name, bytes] : extra_records) writer.writeRecord(name, bytes.data(), bytes.size());
+    writer.writeEndOfFile();
+    if (std::ferror(f)) throw Error(path + ": write failed");
+  });
+}
+
+c10::IValue load_torch_file(const std::string& path) {
+  auto [zip, prefix] = open_torch_zip(path);  for (const auto& e : zip.entries()) {
     if (starts_with(e.name, prefix + "code/") || e.name == prefix + "constants.pkl")
       fail(path,
            "is a TorchScript archive (torch.jit.save), not a state dict; save model.state_dict() with torch.save "

@@ -31,7 +31,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace diffsynth {
 
@@ -45,6 +48,17 @@ namespace diffsynth {
 // data.pkl or storage record, record too short, forbidden global, malformed pickle) throw
 // diffsynth::Error with one line "<path>: <problem>".
 c10::IValue load_torch_file(const std::string& path);
+
+// The bytes of record `<archive>/<name>` of a torch.save zip file (e.g. "byteorder"), or
+// nullopt when the archive has none. Errors as load_torch_file's.
+std::optional<std::string> read_torch_file_record(const std::string& path, const std::string& name);
+
+// Writes a state dict as torch.save does (libtorch's Python-compatible pickle_save: a zip of
+// data.pkl + one 64-byte-aligned storage record per tensor), atomically. `extra_records` are
+// added as `<archive>/<name>`: torch.load ignores them (the tiny model folders keep their
+// config entry there, as safetensors files keep it in their metadata).
+void save_torch_file(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& state_dict,
+                     const std::vector<std::pair<std::string, std::string>>& extra_records = {});
 
 // Returns the bytes of storage record `record` (the persistent-id key, e.g. "0", stored
 // as "<archive>/data/0"). `nbytes` is the number of bytes the pickle needs from it (the

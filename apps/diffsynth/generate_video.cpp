@@ -1,0 +1,191 @@
+// `diffsynth generate` on a Wan DiT: Wan2.1 text-to-video to an H.264 file (and PNG frames).
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "apps/diffsynth/app_paths.h"
+#include "apps/diffsynth/generate.h"
+#include "apps/diffsynth/option_checks.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/file_io.h"
+#include "core/loader/safetensors.h"
+#include "models/model_loader.h"
+#include "pipelines/wan_video.h"
+#include "utils/video.h"
+
+namespace fs = std::filesystem;
+
+namespace diffsynth::cli {
+namespace {
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+bool exists_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+// The first of `names` present in `dir`.
+std::optional<fs::path> first_present(const fs::path& dir, std::initializer_list<const char*> names) {
+  for (const char* n : names)
+    if (exists_file(dir / n)) return dir / n;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<GenerateModels> wan_model_folder(const std::string& dir_arg) {
+  const fs::path dir(dir_arg);
+  // The DiT: diffusion_pytorch_model.safetensors, or its shards (the index names them).
+  std::vector<std::string> dit;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind("diffusion_pytorch_model", 0) == 0 && name.size() > 12 &&
+        name.compare(name.size() - 12, 12, ".safetensors") == 0 && e.is_regular_file(ec))
+      dit.push_back(e.path().string());
+  }
+  std::sort(dit.begin(), dit.end());
+  const auto text_encoder =
+      first_present(dir, {"models_t5_umt5-xxl-enc-bf16.pth", "models_t5_umt5-xxl-enc-bf16.safetensors"});
+  const auto vae = first_present(dir, {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
+  if (dit.empty() && !text_encoder && !vae) return std::nullopt;
+  const std::string where = "--model-dir " + dir_arg + " (a Wan2.1 folder): ";
+  if (dit.empty()) throw Error(where + "no DiT (diffusion_pytorch_model*.safetensors)");
+  if (!text_encoder) throw Error(where + "no text encoder (models_t5_umt5-xxl-enc-bf16.pth or .safetensors)");
+  if (!vae) throw Error(where + "no VAE (Wan2.1_VAE.pth or .safetensors)");
+  GenerateModels m;
+  m.model_dir = dir_arg;
+  m.files.push_back(dit);
+  m.files.push_back({text_encoder->string()});
+  m.files.push_back({vae->string()});
+  if (fs::is_directory(dir / "google" / "umt5-xxl", ec)) m.tokenizer = (dir / "google" / "umt5-xxl").string();
+  return m;
+}
+
+int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chrono::steady_clock::time_point t0) {
+  // Everything that needs no model is checked first.
+  const auto dtype = parse_computation_dtype(a.dtype);
+  const auto device = parse_device(a.device);
+  const std::optional<std::uint64_t> seed = a.seed.empty() ? std::nullopt : parse_seed(a.seed);
+  for (const auto& [given, name] : std::initializer_list<std::pair<bool, const char*>>{
+           {!a.input_image.empty(), "--input-image"}, {!a.mask.empty(), "--mask"},
+           {a.strength.has_value(), "--strength"}, {a.blur_size.has_value(), "--blur-size"},
+           {a.blur_sigma.has_value(), "--blur-sigma"}, {!a.controlnets.empty(), "--controlnet"},
+           {!a.control_images.empty(), "--control-image"}, {!a.control_scales.empty(), "--control-scale"},
+           {a.exponential_shift_mu.has_value(), "--exponential-shift-mu"}, {a.tiled, "--tiled"}})
+    if (given)
+      throw Error(std::string(name) + " is not an option of the Wan2.1 text-to-video pipeline (the identified DiT is "
+                                      "wan_video_dit)" +
+                  (std::string(name) == "--tiled" ? ": it tiles by default, --no-tiled turns that off" : ""));
+  WanVideoInputs in;
+  in.prompt = a.prompt;
+  in.negative_prompt = a.negative_prompt;
+  in.seed = seed;
+  in.num_inference_steps = a.steps.value_or(in.num_inference_steps);
+  in.cfg_scale = a.cfg_scale.value_or(in.cfg_scale);
+  in.width = a.width.value_or(in.width);
+  in.height = a.height.value_or(in.height);
+  in.num_frames = a.num_frames.value_or(in.num_frames);
+  in.sigma_shift = a.sigma_shift.value_or(in.sigma_shift);
+  in.tiled = !a.no_tiled;
+  const double fps = a.fps.value_or(15.0);
+  const int quality = a.quality.value_or(kDefaultVideoQuality);
+  const std::string output = a.output.empty() ? "output.mp4" : a.output;
+  const std::string ext = lower(fs::path(output).extension().string());
+  if (ext != ".mp4" && ext != ".mov" && ext != ".mkv")
+    throw Error("-o " + output + ": Wan makes videos; give a .mp4, .mov or .mkv name");
+  check_output_path(output, "-o");
+  if (!a.frames_dir.empty()) {
+    std::error_code ec;
+    const fs::path fd(a.frames_dir);
+    if (fs::exists(fd, ec) && !fs::is_directory(fd, ec))
+      throw Error("--frames-dir " + a.frames_dir + ": exists and is not a folder");
+    const fs::path parent = fd.has_parent_path() ? fd.parent_path() : fs::path(".");
+    if (!fs::is_directory(parent, ec)) throw Error("--frames-dir " + a.frames_dir + ": its parent folder does not exist");
+  }
+  if (!a.save_latents.empty()) check_output_path(a.save_latents, "--save-latents");
+  if (!a.negative_prompt.empty() && in.cfg_scale == 1.0)
+    warn_unused(a.quiet, "--negative-prompt is not used at --cfg-scale 1 (no negative pass runs)");
+  if (a.lora.loras.empty() && a.lora.mode != "auto") warn_unused(a.quiet, "--lora-mode has no effect without --lora");
+  WanVideoPipeline::check_inputs(in);
+  const std::string size_text = std::to_string(in.width) + "x" + std::to_string(in.height) + ", " +
+                                std::to_string(in.num_frames) + " frames";
+  check_memory(WanVideoPipeline::working_memory_bytes(in, dtype),
+               "a " + size_text + " video (its pixel and latent buffers alone, " + dtype_name(dtype).substr(6) + ")", device);
+  const VRAMConfig config = a.vram.config(a.dtype, a.device);
+  if (a.threads) torch::set_num_threads(*a.threads);
+  const std::string tokenizer = models.tokenizer.empty() ? default_tokenizer_dir("umt5-tokenizer") : models.tokenizer;
+
+  std::ostringstream quiet_sink;
+  ModelPool pool(a.quiet ? static_cast<std::ostream&>(quiet_sink) : std::cerr);
+  for (const auto& f : models.files) pool.auto_load_model(f, config, a.vram.vram_limit);
+  auto pipe = WanVideoPipeline::from_model_pool(pool, tokenizer, device, dtype);
+  pipe->log = a.quiet ? static_cast<std::ostream*>(&quiet_sink) : &std::cerr;
+  const std::string hint = models.model_dir.empty() ? " among the --model files" : " in --model-dir " + models.model_dir;
+  if (!pipe->text_encoder) throw Error(std::string("no Wan text encoder (wan_video_text_encoder)") + hint);
+  if (!pipe->vae) throw Error(std::string("no Wan VAE (wan_video_vae)") + hint);
+  if (pipe->dit->config.in_dim != pipe->vae->config.z_dim || pipe->dit->config.has_image_input ||
+      pipe->dit->config.fuse_vae_embedding_in_latents)
+    throw Error("the Wan DiT" + hint + " is an image-to-video model (in_dim " + std::to_string(pipe->dit->config.in_dim) +
+                "); this pipeline runs text-to-video only so far");
+  if (pipe->dit->config.text_dim != pipe->text_encoder->config.dim)
+    throw Error("the Wan DiT takes " + std::to_string(pipe->dit->config.text_dim) + "-wide text embeddings, the text encoder" +
+                hint + " makes " + std::to_string(pipe->text_encoder->config.dim));
+  const nlohmann::ordered_json lora_info = a.lora.apply(*pipe->dit, pipe->dtype, pipe->device, !a.quiet);
+  check_memory(pipe->working_memory_bytes(in),
+               "a " + size_text + " video on these models (" + dtype_name(dtype).substr(6) +
+                   " activations of the largest stage)",
+               device);
+
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto result = (*pipe)(in, a.quiet ? nullptr : &std::cerr);
+
+  nlohmann::ordered_json params;
+  params["prompt"] = a.prompt;
+  params["negative_prompt"] = a.negative_prompt;
+  params["seed"] = result.seed;
+  params["steps"] = in.num_inference_steps;
+  params["cfg_scale"] = in.cfg_scale;
+  params["sigma_shift"] = in.sigma_shift;
+  params["width"] = result.width;
+  params["height"] = result.height;
+  params["num_frames"] = result.num_frames;
+  params["fps"] = fps;
+  params["tiled"] = in.tiled;
+  params["models"] = nlohmann::ordered_json::array();
+  for (std::size_t i = 0; i < pool.model.size(); ++i)
+    params["models"].push_back({{"model_name", pool.model_name[i]}, {"path", path_str(pool.model_path[i])}});
+  if (!lora_info.empty()) params["loras"] = lora_info;
+  params["dtype"] = a.dtype;
+  params["device"] = a.device;
+  params["software"] = "diffsynth.cpp";
+  if (!a.save_latents.empty())
+    save_safetensors(a.save_latents, {{"latents", result.latents.to(torch::kCPU, torch::kFloat32).contiguous()}});
+  write_video(output, result.video, fps, quality, {{"comment", params.dump()}, {"encoder_software", "diffsynth.cpp"}});
+  if (!a.frames_dir.empty())
+    write_frames_dir(a.frames_dir, result.video, {{"parameters", params.dump()}, {"Software", "diffsynth.cpp"}});
+  if (!a.quiet) {
+    std::fprintf(stderr,
+                 "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
+                 "peak RSS %.2f GiB\n",
+                 load_seconds, result.encode_seconds, result.denoise_seconds,
+                 static_cast<long long>(in.num_inference_steps),
+                 result.denoise_seconds / static_cast<double>(in.num_inference_steps), result.decode_seconds,
+                 peak_rss_bytes() / (1 << 30));
+    std::cerr << "diffsynth: wrote " << output << " (" << result.num_frames << " frames of " << result.width << "x"
+              << result.height << " at " << fps << " fps, seed " << result.seed << ")";
+    if (!a.frames_dir.empty()) std::cerr << " and " << result.num_frames << " PNG frames in " << a.frames_dir;
+    std::cerr << " in " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
+  }
+  return 0;
+}
+
+}  // namespace diffsynth::cli

@@ -1,0 +1,200 @@
+#include "pipelines/wan_video.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+
+#include "core/error.h"
+#include "core/tokenizer/text_cleaning.h"
+#include "core/vram/layers.h"
+#include "utils/lora/general.h"
+
+namespace diffsynth {
+namespace {
+
+template <typename T>
+std::shared_ptr<T> fetch(ModelPool& pool, const std::string& name) {
+  auto m = pool.fetch_model(name);
+  if (!m) return nullptr;
+  auto typed = std::dynamic_pointer_cast<T>(m);
+  if (!typed) throw Error("model '" + name + "' in the pool is not the expected class");
+  return typed;
+}
+
+void check_number(double v, double lo, double hi, const std::string& name, bool lo_open = false) {
+  if (!std::isfinite(v) || v < lo || (lo_open && v == lo) || v > hi)
+    throw Error(name + " must be a finite number in " + (lo_open ? "(" : "[") + std::to_string(lo) + ", " +
+                std::to_string(hi) + "], got " + std::to_string(v));
+}
+
+// The VAE's spatial factor: latents are 1/8 of the pixels (WanVideoVAE.upsampling_factor).
+constexpr std::int64_t kUpsampling = 8;
+
+}  // namespace
+
+WanVideoPipeline::WanVideoPipeline(torch::Device device, c10::ScalarType dtype)
+    : BasePipeline(device, dtype, 16, 16, /*time_division_factor=*/4, /*time_division_remainder=*/1) {}
+
+std::unique_ptr<WanVideoPipeline> WanVideoPipeline::from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
+                                                                    torch::Device device, c10::ScalarType dtype) {
+  auto pipe = std::make_unique<WanVideoPipeline>(device, dtype);
+  pipe->text_encoder = fetch<WanTextEncoderImpl>(pool, "wan_video_text_encoder");
+  pipe->dit = fetch<WanModelImpl>(pool, "wan_video_dit");
+  pipe->vae = fetch<WanVideoVAEImpl>(pool, "wan_video_vae");
+  // The reference: height/width division factor = vae.upsampling_factor * 2.
+  pipe->height_division_factor = pipe->width_division_factor = kUpsampling * 2;
+  if (!tokenizer_dir.empty()) pipe->tokenizer = std::make_shared<UnigramTokenizer>(UnigramTokenizer::from_dir(tokenizer_dir));
+  return pipe;
+}
+
+void WanVideoPipeline::load_models_to_device(const std::vector<std::string>& names) {
+  std::vector<std::pair<std::string, Module*>> models;
+  if (text_encoder) models.emplace_back("text_encoder", text_encoder.get());
+  if (dit) models.emplace_back("dit", dit.get());
+  if (vae) models.emplace_back("vae", vae.get());
+  const auto wanted = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  // Offload first, then onload: what leaves makes room for what comes.
+  for (auto& [name, m] : models)
+    if (!wanted(name) && vram_management_enabled(*m)) vram_offload(*m);
+  for (auto& [name, m] : models)
+    if (wanted(name) && vram_management_enabled(*m)) vram_onload(*m);
+}
+
+torch::Tensor WanVideoPipeline::encode_prompt(const std::string& prompt) {
+  if (!text_encoder) throw Error("Wan pipeline: no wan_video_text_encoder model loaded (pass models_t5_umt5-xxl-enc-bf16.pth)");
+  if (!tokenizer) throw Error("Wan pipeline: no tokenizer (pass --tokenizer DIR, the model folder's google/umt5-xxl)");
+  load_models_to_device({"text_encoder"});
+  const auto enc = tokenizer->encode_batch({clean_text(prompt, TextClean::Whitespace)}, kPromptTokens, Padding::MaxLength,
+                                           /*truncate=*/true, /*add_special_tokens=*/true);
+  auto ids = torch::tensor(enc.input_ids[0], torch::kInt64).unsqueeze(0).to(device);
+  auto mask = torch::tensor(enc.attention_mask[0], torch::kInt64).unsqueeze(0).to(device);
+  return text_encoder->encode_prompt(ids, mask);
+}
+
+void WanVideoPipeline::check_inputs(const WanVideoInputs& in) {
+  if (in.num_inference_steps < 1 || in.num_inference_steps > 10000)
+    throw Error("num_inference_steps must be in [1, 10000], got " + std::to_string(in.num_inference_steps));
+  if (in.height < 16 || in.width < 16 || in.height > kMaxSide || in.width > kMaxSide)
+    throw Error("height and width must be in [16, " + std::to_string(kMaxSide) + "], got " + std::to_string(in.width) +
+                "x" + std::to_string(in.height));
+  if (in.num_frames < 1 || in.num_frames > kMaxFrames)
+    throw Error("num_frames must be in [1, " + std::to_string(kMaxFrames) + "], got " + std::to_string(in.num_frames));
+  check_number(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
+  // shift s maps sigma to s * sigma / (1 + (s - 1) * sigma): s <= 0 leaves no noise schedule.
+  check_number(in.sigma_shift, 0, kMaxShift, "sigma_shift", /*lo_open=*/true);
+  if (in.tiled) {
+    const auto& t = in.tiling;
+    if (t.tile_h < 1 || t.tile_w < 1 || t.stride_h < 1 || t.stride_w < 1 || t.stride_h > t.tile_h || t.stride_w > t.tile_w)
+      throw Error("VAE tiling: tile sizes and strides must be >= 1 and each stride at most its tile size, got tile " +
+                  std::to_string(t.tile_h) + "x" + std::to_string(t.tile_w) + ", stride " + std::to_string(t.stride_h) +
+                  "x" + std::to_string(t.stride_w));
+  }
+}
+
+double WanVideoPipeline::working_memory_bytes(const WanVideoInputs& in, c10::ScalarType dtype, const WanModelConfig* dit,
+                                              const WanVAEConfig* vae) {
+  const double elt = static_cast<double>(c10::elementSize(dtype));
+  const double h = static_cast<double>((in.height + 15) / 16 * 16), w = static_cast<double>((in.width + 15) / 16 * 16);
+  const double frames = static_cast<double>((in.num_frames + 2) / 4 * 4 + 1);
+  const double latent_frames = (frames - 1) / 4 + 1;
+  // Latents and their companions (noise, two predictions, the step) in float32 at most, and the
+  // decoded video: in the dtype, as float32 while converting, as uint8.
+  const double latents = 6 * 16 * latent_frames * (h / 8) * (w / 8) * 4;
+  const double pixels = 3 * frames * h * w * (elt + 4 + 1);
+  double peak = latents + pixels;
+  if (dit) {
+    // One block over every video token: the residual stream, its modulated copy, q/k/v and the
+    // FFN's hidden layer before and after the activation (~10 rows of width dim alive).
+    const double tokens = latent_frames * (h / 16) * (w / 16);
+    peak = std::max(peak, latents + 10 * tokens * static_cast<double>(std::max(dit->dim, dit->ffn_dim)) * elt);
+  }
+  if (vae) {
+    // The decoder's last stage: a chunk of 4 frames at full resolution, ~6 maps of C channels;
+    // tiles bound the area, and the tiled decode keeps a float32 sum and weight of the video.
+    const double c = static_cast<double>(vae->base_dim * vae->dim_mult.front());
+    const double area = in.tiled ? std::min(h, 8.0 * static_cast<double>(in.tiling.tile_h)) *
+                                       std::min(w, 8.0 * static_cast<double>(in.tiling.tile_w))
+                                 : h * w;
+    const double blend = in.tiled ? 2 * 3 * frames * h * w * 4 : 0;
+    peak = std::max(peak, pixels + blend + 6 * c * 4 * area * elt);
+  }
+  return peak;
+}
+
+double WanVideoPipeline::working_memory_bytes(const WanVideoInputs& in) const {
+  return working_memory_bytes(in, dtype, dit ? &dit->config : nullptr, vae ? &vae->config : nullptr);
+}
+
+WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostream* progress) {
+  torch::NoGradGuard no_grad;
+  if (!dit) throw Error("Wan pipeline: no wan_video_dit model loaded (pass its diffusion_pytorch_model*.safetensors)");
+  if (!vae) throw Error("Wan pipeline: no wan_video_vae model loaded (pass Wan2.1_VAE.pth)");
+  check_inputs(in);
+  FlowMatchOptions shift;
+  shift.shift = in.sigma_shift;
+  scheduler.set_timesteps(in.num_inference_steps, /*denoising_strength=*/1.0, shift);
+
+  WanVideoOutput out;
+  using clock = std::chrono::steady_clock;
+  const auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  auto t_stage = clock::now();
+  // ShapeChecker.
+  const auto [height, width, num_frames] = check_resize_height_width(in.height, in.width, in.num_frames);
+  out.height = height;
+  out.width = width;
+  out.num_frames = num_frames;
+  // NoiseInitializer: float32 on a CPU generator (rand_device "cpu"), then the pipeline's dtype.
+  const std::int64_t length = (num_frames - 1) / 4 + 1;
+  auto latents = generate_noise({1, vae->config.z_dim, length, height / kUpsampling, width / kUpsampling}, in.seed,
+                                torch::kFloat32, &out.seed);
+  // PromptEmbedder (the negative prompt only when CFG runs).
+  auto context = encode_prompt(in.prompt);
+  check_finite(context, "the prompt embeddings");
+  torch::Tensor context_nega;
+  if (in.cfg_scale != 1.0) {
+    context_nega = encode_prompt(in.negative_prompt);
+    check_finite(context_nega, "the negative prompt embeddings");
+  }
+  out.encode_seconds = seconds_since(t_stage);
+  t_stage = clock::now();
+
+  // Denoise.
+  load_models_to_device({"dit"});
+  const auto steps = scheduler.timesteps.size(0);
+  std::optional<ProgressBar> bar;
+  if (progress) bar.emplace(steps, *progress);
+  for (std::int64_t progress_id = 0; progress_id < steps; ++progress_id) {
+    WanDiTInputs dit_in;
+    dit_in.latents = latents;
+    dit_in.timestep = scheduler.timesteps[progress_id].unsqueeze(0).to(device, dtype);
+    auto noise_pred = cfg_guided(
+        in.cfg_scale,
+        [&] {
+          dit_in.context = context;
+          return dit->model_fn(dit_in);
+        },
+        [&] {
+          dit_in.context = context_nega;
+          return dit->model_fn(dit_in);
+        });
+    latents = scheduler.step(noise_pred, scheduler.timesteps[progress_id], latents);
+    check_finite(latents, "the latents after step " + std::to_string(progress_id + 1) + " of " + std::to_string(steps));
+    if (bar) bar->update(progress_id + 1);
+  }
+  if (bar) bar->finish();
+  out.denoise_seconds = seconds_since(t_stage);
+  t_stage = clock::now();
+
+  // Decode.
+  out.latents = latents;
+  load_models_to_device({"vae"});
+  auto decoded = vae->decode_video(latents, in.tiled ? std::optional<WanVAETiling>(in.tiling) : std::nullopt);
+  check_finite(decoded, "the decoded video values");
+  out.video = vae_output_to_video(decoded);
+  out.decode_seconds = seconds_since(t_stage);
+  load_models_to_device({});
+  return out;
+}
+
+}  // namespace diffsynth

@@ -1,0 +1,91 @@
+// Wan2.1 text-to-video (reference: diffsynth/pipelines/wan_video.py, WanVideoPipeline).
+// The units that act on text-to-video, in the reference's order: ShapeChecker (sizes to
+// multiples of 16, frames to 4k + 1), NoiseInitializer (float32 CPU noise of the latent shape),
+// PromptEmbedder (positive, then negative); then the denoising loop (FlowMatchScheduler "Wan"
+// with sigma_shift, true CFG) and the VAE decode, tiled by default. Image-to-video, video-to-video,
+// VACE, camera/motion control, the second (Wan2.2 low-noise) DiT, TeaCache and sequence
+// parallelism are not in this pipeline yet (the DiT's model_fn takes their inputs).
+#pragma once
+#include <torch/torch.h>
+
+#include <iosfwd>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/tokenizer/unigram_tokenizer.h"
+#include "diffusion/base_pipeline.h"
+#include "diffusion/flow_match.h"
+#include "models/model_loader.h"
+#include "models/wan_video_dit.h"
+#include "models/wan_video_text_encoder.h"
+#include "models/wan_video_vae.h"
+
+namespace diffsynth {
+
+struct WanVideoInputs {
+  std::string prompt, negative_prompt;
+  std::optional<std::uint64_t> seed;
+  std::int64_t height = 480, width = 832, num_frames = 81;
+  double cfg_scale = 5.0;
+  std::int64_t num_inference_steps = 50;
+  double sigma_shift = 5.0;
+  // VAE tiling, latent pixels (the pipeline's defaults, not WanVideoVAE's own).
+  bool tiled = true;
+  WanVAETiling tiling{30, 52, 15, 26};
+};
+
+struct WanVideoOutput {
+  torch::Tensor video;    // uint8 [T, H, W, 3]
+  torch::Tensor latents;  // the final latents [1, 16, (T - 1) / 4 + 1, H/8, W/8], before decoding
+  std::uint64_t seed = 0; // the seed used (drawn at random when none was given)
+  std::int64_t height = 0, width = 0, num_frames = 0;  // after rounding
+  double encode_seconds = 0, denoise_seconds = 0, decode_seconds = 0;
+};
+
+class WanVideoPipeline : public BasePipeline {
+ public:
+  // Bounds check_inputs enforces (memory is the tighter bound in practice).
+  static constexpr std::int64_t kMaxSide = 16384;
+  static constexpr std::int64_t kMaxFrames = 4097;
+  static constexpr double kMaxGuidance = 100;  // |cfg_scale|
+  static constexpr double kMaxShift = 1000;    // sigma_shift in (0, kMaxShift]
+  // HuggingfaceTokenizer(seq_len=512): prompts are padded / truncated to it.
+  static constexpr std::size_t kPromptTokens = 512;
+
+  WanVideoPipeline(torch::Device device = torch::kCPU, c10::ScalarType dtype = torch::kBFloat16);
+
+  // The models a pool holds (as the reference's from_pretrained fetches them) and the UMT5
+  // tokenizer of `tokenizer_dir` (the model folder's google/umt5-xxl/).
+  static std::unique_ptr<WanVideoPipeline> from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
+                                                           torch::Device device, c10::ScalarType dtype);
+
+  WanVideoOutput operator()(const WanVideoInputs& inputs, std::ostream* progress = nullptr);
+
+  // What needs no model: sizes, frames, steps, CFG scale, shift and tiling in range. operator()
+  // runs it first; callers run it before loading so bad input fails at once.
+  static void check_inputs(const WanVideoInputs& in);
+  // About how many bytes a run needs besides the weights: the largest stage's activations (a DiT
+  // block over every token, the VAE decode of one tile or of the frame, the video buffers).
+  // Without model configs only the pixel and latent buffers count: a floor.
+  static double working_memory_bytes(const WanVideoInputs& in, c10::ScalarType dtype, const WanModelConfig* dit = nullptr,
+                                     const WanVAEConfig* vae = nullptr);
+  double working_memory_bytes(const WanVideoInputs& in) const;
+
+  // WanVideoUnit_PromptEmbedder.encode_prompt: whitespace-cleaned, padded/truncated to 512
+  // tokens with </s>, through the text encoder, positions past the prompt zeroed:
+  // [1, 512, dim] in the text encoder's dtype, on the pipeline device.
+  torch::Tensor encode_prompt(const std::string& prompt);
+
+  FlowMatchScheduler scheduler{"Wan"};
+  std::shared_ptr<WanTextEncoderImpl> text_encoder;
+  std::shared_ptr<WanModelImpl> dit;
+  std::shared_ptr<WanVideoVAEImpl> vae;
+  std::shared_ptr<UnigramTokenizer> tokenizer;
+
+  // The reference's load_models_to_device: with VRAM management, models not named are
+  // offloaded and the named ones onloaded ("text_encoder", "dit", "vae").
+  void load_models_to_device(const std::vector<std::string>& names);
+};
+
+}  // namespace diffsynth
