@@ -5,6 +5,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -454,3 +456,49 @@ TEST(TorchPickleStream, HandMadeTensor) {
 }
 
 }  // namespace
+
+// save_torch_file: what load_torch_file reads back, extra records, zero-copy alignment, and a
+// config entry carried as a record (ModelPool's self-describing .pth files).
+TEST(TorchPickleWrite, RoundTripWithExtraRecords) {
+  const auto dir = std::filesystem::temp_directory_path() / ("diffsynth_pth_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "model.pth").string();
+  torch::manual_seed(1);
+  const auto a = torch::randn({3, 5});
+  const auto b = torch::randn({4, 2}).to(torch::kBFloat16);
+  const auto c = torch::arange(10, torch::kInt64).slice(0, 2, 8, 2);  // a strided view: written contiguous
+  const auto scalar = torch::tensor(2.5, torch::kFloat16);
+  diffsynth::save_torch_file(path, {{"a", a}, {"blocks.0.b", b}, {"c", c}, {"s", scalar}},
+                             {{"diffsynth_model_config", "{\"model_name\": \"x\"}"}});
+  const auto v = load_torch_file(path);
+  ASSERT_TRUE(v.isGenericDict());
+  const auto d = v.toGenericDict();
+  ASSERT_EQ(d.size(), 4u);
+  std::vector<std::string> keys;
+  for (const auto& e : d) keys.push_back(e.key().toStringRef());
+  EXPECT_EQ(keys, (std::vector<std::string>{"a", "blocks.0.b", "c", "s"}));  // insertion order
+  EXPECT_TRUE(torch::equal(d.at("a").toTensor(), a));
+  EXPECT_TRUE(torch::equal(d.at("blocks.0.b").toTensor(), b));
+  EXPECT_EQ(d.at("blocks.0.b").toTensor().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(d.at("c").toTensor(), c.contiguous()));
+  EXPECT_EQ(d.at("s").toTensor().dim(), 0);
+  EXPECT_TRUE(torch::equal(d.at("s").toTensor(), scalar));
+  // Records are 64-byte aligned: the loaded tensors view the mapping.
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(d.at("a").toTensor().data_ptr()) % 64, 0u);
+  EXPECT_EQ(diffsynth::read_torch_file_record(path, "diffsynth_model_config").value_or(""), "{\"model_name\": \"x\"}");
+  EXPECT_EQ(diffsynth::read_torch_file_record(path, "byteorder").value_or(""), "little");
+  EXPECT_FALSE(diffsynth::read_torch_file_record(path, "no_such_record").has_value());
+  // Written atomically: no temporary file left, an existing file replaced whole.
+  diffsynth::save_torch_file(path, {{"a", a}});
+  EXPECT_EQ(load_torch_file(path).toGenericDict().size(), 1u);
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  // Duplicate keys are refused, naming the key.
+  try {
+    diffsynth::save_torch_file(path, {{"a", a}, {"a", a}});
+    ADD_FAILURE() << "duplicate key accepted";
+  } catch (const diffsynth::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'a' appears twice"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
