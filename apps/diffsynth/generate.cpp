@@ -225,6 +225,9 @@ int generate_image(const GenerateArgs& a, GenerateModels models, std::chrono::st
                "a " + size_text + " image (its pixel and latent buffers alone, " + dtype_name(dtype).substr(6) + ")", device);
   QwenImagePipeline::check_inputs(in);
 
+  if (models.default_model && !a.quiet)
+    std::cerr << "diffsynth: no --model given: using the tiny random-weight Qwen-Image in " << models.model_dir
+              << " (it draws noise; pass --model-dir /path/to/Qwen-Image for real images)\n";
   // Models: what cmd_generate found, and the ControlNets.
   const std::string& model_dir = models.model_dir;
   std::vector<ModelPaths>& files = models.files;
@@ -328,9 +331,7 @@ int cmd_generate(const GenerateArgs& a) {
     if (dir.empty()) {
       dir = default_model_dir();
       if (dir.empty()) throw Error("no --model or --model-dir given, and the default tiny model was not built");
-      if (!a.quiet)
-        std::cerr << "diffsynth: no --model given: using the tiny random-weight Qwen-Image in " << dir
-                  << " (it draws noise; pass --model-dir /path/to/Qwen-Image for real images)\n";
+      models.default_model = true;  // said once the options are checked
     }
     if (auto wan = wan_model_folder(dir)) {
       models = *wan;

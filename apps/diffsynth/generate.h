@@ -55,6 +55,7 @@ int cmd_generate(const GenerateArgs& args);
 struct GenerateModels {
   std::vector<ModelPaths> files;
   std::string model_dir, tokenizer;
+  bool default_model = false;  // the build's tiny Qwen-Image, none having been given
 };
 // The Wan2.1 text-to-video run (generate_video.cpp), once the files are known to hold a Wan DiT.
 int generate_video(const GenerateArgs& args, const GenerateModels& models, std::chrono::steady_clock::time_point t0);

@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
   // Answered by the launcher (no libtorch); listed here for --help.
   app.add_subcommand("tokenize", "Encode / decode text with a tokenizer.json byte-level BPE (diffsynth tokenize --help)");
   cli::GenerateArgs generate_args;
-  auto* generate = app.add_subcommand("generate", "Qwen-Image: text-to-image, img2img, inpaint, Blockwise ControlNet, LoRA -> PNG");
+  auto* generate = app.add_subcommand("generate", "The identified DiT's pipeline: Qwen-Image text-to-image, img2img, inpaint, Blockwise ControlNet, LoRA -> PNG; Wan2.1 text-to-video -> mp4");
   cli::add_generate_options(*generate, generate_args);
 
   try {

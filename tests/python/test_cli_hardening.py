@@ -154,7 +154,7 @@ def test_vram_config_folder_and_help_ranges(tmp_path, diffsynth_bin):
     one_line_error(p, "--vram-config", str(tmp_path), "is a folder")
     h = run([diffsynth_bin, "generate", "--help"]).stdout
     # The help states the ranges the parser enforces.
-    assert "2 to 10000 (1 only for img2img" in h
+    assert "1 to 10000 (default: Qwen-Image 30, at least 2 unless img2img" in h
     assert "in [-15, 15]" in h and "in (0, 1]" in h and "in [-100, 100]" in h
     assert re.search(r"--threads.*in \[1, \d+\]", h)
     assert "bfloat16|float32|float16" in h and "float8" not in h.split("--dtype", 1)[1].split("\n")[0]
