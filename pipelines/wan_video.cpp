@@ -40,7 +40,13 @@ std::unique_ptr<WanVideoPipeline> WanVideoPipeline::from_model_pool(ModelPool& p
                                                                     torch::Device device, c10::ScalarType dtype) {
   auto pipe = std::make_unique<WanVideoPipeline>(device, dtype);
   pipe->text_encoder = fetch<WanTextEncoderImpl>(pool, "wan_video_text_encoder");
-  pipe->dit = fetch<WanModelImpl>(pool, "wan_video_dit");
+  // fetch_model("wan_video_dit", index=2): a Wan2.2 A14B pair is (high-noise, low-noise).
+  const auto dits = pool.fetch_model("wan_video_dit", FetchIndex{std::int64_t{2}});
+  for (std::size_t i = 0; i < dits.size(); ++i) {
+    auto typed = std::dynamic_pointer_cast<WanModelImpl>(dits[i]);
+    if (!typed) throw Error("model 'wan_video_dit' in the pool is not the expected class");
+    (i == 0 ? pipe->dit : pipe->dit2) = typed;
+  }
   pipe->vae = fetch<WanVideoVAEImpl>(pool, "wan_video_vae");
   // The reference: height/width division factor = vae.upsampling_factor * 2.
   pipe->height_division_factor = pipe->width_division_factor = kUpsampling * 2;
@@ -52,6 +58,7 @@ void WanVideoPipeline::load_models_to_device(const std::vector<std::string>& nam
   std::vector<std::pair<std::string, Module*>> models;
   if (text_encoder) models.emplace_back("text_encoder", text_encoder.get());
   if (dit) models.emplace_back("dit", dit.get());
+  if (dit2) models.emplace_back("dit2", dit2.get());
   if (vae) models.emplace_back("vae", vae.get());
   const auto wanted = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
   // Offload first, then onload: what leaves makes room for what comes.
@@ -83,6 +90,7 @@ void WanVideoPipeline::check_inputs(const WanVideoInputs& in) {
   check_number(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
   // shift s maps sigma to s * sigma / (1 + (s - 1) * sigma): s <= 0 leaves no noise schedule.
   check_number(in.sigma_shift, 0, kMaxShift, "sigma_shift", /*lo_open=*/true);
+  check_number(in.switch_DiT_boundary, 0, 1, "switch_DiT_boundary");
   if (in.tiled) {
     const auto& t = in.tiling;
     if (t.tile_h < 1 || t.tile_w < 1 || t.stride_h < 1 || t.stride_w < 1 || t.stride_h > t.tile_h || t.stride_w > t.tile_w)
@@ -131,6 +139,11 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
   if (!dit) throw Error("Wan pipeline: no wan_video_dit model loaded (pass its diffusion_pytorch_model*.safetensors)");
   if (!vae) throw Error("Wan pipeline: no wan_video_vae model loaded (pass Wan2.1_VAE.pth)");
   check_inputs(in);
+  if (dit2 && (dit2->config.in_dim != dit->config.in_dim || dit2->config.out_dim != dit->config.out_dim ||
+               dit2->config.text_dim != dit->config.text_dim))
+    throw Error("Wan pipeline: the two DiTs do not fit together (in_dim " + std::to_string(dit->config.in_dim) + " / " +
+                std::to_string(dit2->config.in_dim) + ", text_dim " + std::to_string(dit->config.text_dim) + " / " +
+                std::to_string(dit2->config.text_dim) + ")");
   FlowMatchOptions shift;
   shift.shift = in.sigma_shift;
   scheduler.set_timesteps(in.num_inference_steps, /*denoising_strength=*/1.0, shift);
@@ -159,12 +172,19 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
   out.encode_seconds = seconds_since(t_stage);
   t_stage = clock::now();
 
-  // Denoise.
+  // Denoise (in_iteration_models: the first expert; the second from the boundary on).
   load_models_to_device({"dit"});
+  WanModelImpl* model = dit.get();
   const auto steps = scheduler.timesteps.size(0);
   std::optional<ProgressBar> bar;
   if (progress) bar.emplace(steps, *progress);
   for (std::int64_t progress_id = 0; progress_id < steps; ++progress_id) {
+    // The reference compares timestep.item() (float32) with switch_DiT_boundary * 1000 (a double).
+    if (dit2 && model != dit2.get() &&
+        static_cast<double>(scheduler.timesteps[progress_id].item<float>()) < in.switch_DiT_boundary * 1000) {
+      load_models_to_device({"dit2"});
+      model = dit2.get();
+    }
     WanDiTInputs dit_in;
     dit_in.latents = latents;
     dit_in.timestep = scheduler.timesteps[progress_id].unsqueeze(0).to(device, dtype);
@@ -172,11 +192,11 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
         in.cfg_scale,
         [&] {
           dit_in.context = context;
-          return dit->model_fn(dit_in);
+          return model->model_fn(dit_in);
         },
         [&] {
           dit_in.context = context_nega;
-          return dit->model_fn(dit_in);
+          return model->model_fn(dit_in);
         });
     latents = scheduler.step(noise_pred, scheduler.timesteps[progress_id], latents);
     check_finite(latents, "the latents after step " + std::to_string(progress_id + 1) + " of " + std::to_string(steps));

@@ -2,9 +2,10 @@
 // The units that act on text-to-video, in the reference's order: ShapeChecker (sizes to
 // multiples of 16, frames to 4k + 1), NoiseInitializer (float32 CPU noise of the latent shape),
 // PromptEmbedder (positive, then negative); then the denoising loop (FlowMatchScheduler "Wan"
-// with sigma_shift, true CFG) and the VAE decode, tiled by default. Image-to-video, video-to-video,
-// VACE, camera/motion control, the second (Wan2.2 low-noise) DiT, TeaCache and sequence
-// parallelism are not in this pipeline yet (the DiT's model_fn takes their inputs).
+// with sigma_shift, true CFG; Wan2.2 A14B's two experts: `dit` above switch_DiT_boundary, `dit2`
+// below) and the VAE decode, tiled by default. Image-to-video, video-to-video, VACE,
+// camera/motion control, TeaCache and sequence parallelism are not in this pipeline yet (the
+// DiT's model_fn takes their inputs).
 #pragma once
 #include <torch/torch.h>
 
@@ -30,6 +31,9 @@ struct WanVideoInputs {
   double cfg_scale = 5.0;
   std::int64_t num_inference_steps = 50;
   double sigma_shift = 5.0;
+  // Wan2.2 A14B: the denoising switches from `dit` (high noise) to `dit2` (low noise) at the first
+  // timestep below switch_DiT_boundary * 1000. Without a dit2 it does nothing.
+  double switch_DiT_boundary = 0.875;
   // VAE tiling, latent pixels (the pipeline's defaults, not WanVideoVAE's own).
   bool tiled = true;
   WanVAETiling tiling{30, 52, 15, 26};
@@ -55,7 +59,8 @@ class WanVideoPipeline : public BasePipeline {
 
   WanVideoPipeline(torch::Device device = torch::kCPU, c10::ScalarType dtype = torch::kBFloat16);
 
-  // The models a pool holds (as the reference's from_pretrained fetches them) and the UMT5
+  // The models a pool holds (as the reference's from_pretrained fetches them: the first two
+  // wan_video_dit models are dit and dit2, in the order they were loaded) and the UMT5
   // tokenizer of `tokenizer_dir` (the model folder's google/umt5-xxl/).
   static std::unique_ptr<WanVideoPipeline> from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
                                                            torch::Device device, c10::ScalarType dtype);
@@ -79,12 +84,12 @@ class WanVideoPipeline : public BasePipeline {
 
   FlowMatchScheduler scheduler{"Wan"};
   std::shared_ptr<WanTextEncoderImpl> text_encoder;
-  std::shared_ptr<WanModelImpl> dit;
+  std::shared_ptr<WanModelImpl> dit, dit2;
   std::shared_ptr<WanVideoVAEImpl> vae;
   std::shared_ptr<UnigramTokenizer> tokenizer;
 
   // The reference's load_models_to_device: with VRAM management, models not named are
-  // offloaded and the named ones onloaded ("text_encoder", "dit", "vae").
+  // offloaded and the named ones onloaded ("text_encoder", "dit", "dit2", "vae").
   void load_models_to_device(const std::vector<std::string>& names);
 };
 

@@ -106,6 +106,10 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
   g.add_option("--fps", a.fps, "Video: frame rate of the file written (default 15)")->check(finite_in(0.01, 1000));
   g.add_option("--sigma-shift", a.sigma_shift, "Video: the Wan scheduler's shift (default 5)")
       ->check(finite_in(0, WanVideoPipeline::kMaxShift, /*lo_open=*/true));
+  g.add_option("--switch-boundary", a.switch_boundary,
+               "Video, Wan2.2 A14B: switch from the high-noise to the low-noise DiT at this fraction of the "
+               "schedule's timesteps, in [0, 1] (default 0.875)")
+      ->check(finite_in(0, 1));
   g.add_option("--quality", a.quality,
                "Video: H.264 quality 1 (smallest) to 10 (lossless), imageio's scale: CRF = 51 * (10 - q) / 10 (default 9)")
       ->check(CLI::Range(1, 10));
@@ -159,6 +163,7 @@ int generate_image(const GenerateArgs& a, GenerateModels models, std::chrono::st
   for (const auto& [given, name] : std::initializer_list<std::pair<bool, const char*>>{
            {a.num_frames.has_value(), "--num-frames"}, {a.fps.has_value(), "--fps"},
            {a.sigma_shift.has_value(), "--sigma-shift"}, {a.quality.has_value(), "--quality"},
+           {a.switch_boundary.has_value(), "--switch-boundary"},
            {!a.frames_dir.empty(), "--frames-dir"}, {a.no_tiled, "--no-tiled"}})
     if (given)
       throw Error(std::string(name) + " is a video option: the identified DiT (qwen_image_dit, Qwen-Image) makes images");

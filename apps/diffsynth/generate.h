@@ -24,7 +24,7 @@ struct GenerateArgs {
   std::optional<std::int64_t> width, height;
   // Video (Wan) only.
   std::optional<std::int64_t> num_frames;
-  std::optional<double> fps, sigma_shift;
+  std::optional<double> fps, sigma_shift, switch_boundary;
   std::optional<int> quality;
   std::string frames_dir;
   bool no_tiled = false;
@@ -59,9 +59,10 @@ struct GenerateModels {
 };
 // The Wan2.1 text-to-video run (generate_video.cpp), once the files are known to hold a Wan DiT.
 int generate_video(const GenerateArgs& args, const GenerateModels& models, std::chrono::steady_clock::time_point t0);
-// Files of a Wan2.1 model folder as published (diffusion_pytorch_model*.safetensors,
-// models_t5_umt5-xxl-enc-bf16.pth or .safetensors, Wan2.1_VAE.pth or .safetensors,
-// google/umt5-xxl/); nullopt when `dir` holds none of them. A missing role is an Error.
+// Files of a Wan model folder as published (diffusion_pytorch_model*.safetensors, or Wan2.2
+// A14B's high_noise_model/ and low_noise_model/ shards; models_t5_umt5-xxl-enc-bf16.pth or
+// .safetensors; Wan2.1_VAE.pth or .safetensors; google/umt5-xxl/); nullopt when `dir` holds none
+// of them. A missing role is an Error.
 std::optional<GenerateModels> wan_model_folder(const std::string& dir);
 // "diffsynth: warning: <message>" unless quiet: an option that does nothing here.
 void warn_unused(bool quiet, const std::string& message);

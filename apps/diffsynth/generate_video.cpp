@@ -43,27 +43,45 @@ std::optional<fs::path> first_present(const fs::path& dir, std::initializer_list
 
 std::optional<GenerateModels> wan_model_folder(const std::string& dir_arg) {
   const fs::path dir(dir_arg);
-  // The DiT: diffusion_pytorch_model.safetensors, or its shards (the index names them).
-  std::vector<std::string> dit;
+  // The DiT: diffusion_pytorch_model.safetensors or its shards; Wan2.2 A14B: the same in
+  // high_noise_model/ and low_noise_model/ (loaded in that order: dit, then dit2).
+  const auto dit_shards = [](const fs::path& d) {
+    std::vector<std::string> found;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(d, ec)) {
+      const auto name = e.path().filename().string();
+      if (name.rfind("diffusion_pytorch_model", 0) == 0 && name.size() > 12 &&
+          name.compare(name.size() - 12, 12, ".safetensors") == 0 && e.is_regular_file(ec))
+        found.push_back(e.path().string());
+    }
+    std::sort(found.begin(), found.end());
+    return found;
+  };
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const auto name = e.path().filename().string();
-    if (name.rfind("diffusion_pytorch_model", 0) == 0 && name.size() > 12 &&
-        name.compare(name.size() - 12, 12, ".safetensors") == 0 && e.is_regular_file(ec))
-      dit.push_back(e.path().string());
+  std::vector<std::vector<std::string>> dits;
+  if (auto top = dit_shards(dir); !top.empty()) dits.push_back(top);
+  const bool experts = fs::is_directory(dir / "high_noise_model", ec) || fs::is_directory(dir / "low_noise_model", ec);
+  if (experts) {
+    for (const char* sub : {"high_noise_model", "low_noise_model"}) {
+      auto shards = dit_shards(dir / sub);
+      if (shards.empty())
+        throw Error("--model-dir " + dir_arg + " (a Wan2.2 A14B folder): no DiT (diffusion_pytorch_model*.safetensors) in " +
+                    sub + "/");
+      dits.push_back(shards);
+    }
   }
-  std::sort(dit.begin(), dit.end());
+  const bool dit_empty = dits.empty();
   const auto text_encoder =
       first_present(dir, {"models_t5_umt5-xxl-enc-bf16.pth", "models_t5_umt5-xxl-enc-bf16.safetensors"});
   const auto vae = first_present(dir, {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
-  if (dit.empty() && !text_encoder && !vae) return std::nullopt;
-  const std::string where = "--model-dir " + dir_arg + " (a Wan2.1 folder): ";
-  if (dit.empty()) throw Error(where + "no DiT (diffusion_pytorch_model*.safetensors)");
+  if (dit_empty && !text_encoder && !vae) return std::nullopt;
+  const std::string where = "--model-dir " + dir_arg + " (a Wan folder): ";
+  if (dit_empty) throw Error(where + "no DiT (diffusion_pytorch_model*.safetensors)");
   if (!text_encoder) throw Error(where + "no text encoder (models_t5_umt5-xxl-enc-bf16.pth or .safetensors)");
   if (!vae) throw Error(where + "no VAE (Wan2.1_VAE.pth or .safetensors)");
   GenerateModels m;
   m.model_dir = dir_arg;
-  m.files.push_back(dit);
+  for (auto& d : dits) m.files.push_back(d);
   m.files.push_back({text_encoder->string()});
   m.files.push_back({vae->string()});
   if (fs::is_directory(dir / "google" / "umt5-xxl", ec)) m.tokenizer = (dir / "google" / "umt5-xxl").string();
@@ -96,6 +114,7 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   in.num_frames = a.num_frames.value_or(in.num_frames);
   in.sigma_shift = a.sigma_shift.value_or(in.sigma_shift);
   in.tiled = !a.no_tiled;
+  if (a.switch_boundary) in.switch_DiT_boundary = *a.switch_boundary;
   const double fps = a.fps.value_or(15.0);
   const int quality = a.quality.value_or(kDefaultVideoQuality);
   const std::string output = a.output.empty() ? "output.mp4" : a.output;
@@ -136,6 +155,10 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
       pipe->dit->config.fuse_vae_embedding_in_latents)
     throw Error("the Wan DiT" + hint + " is an image-to-video model (in_dim " + std::to_string(pipe->dit->config.in_dim) +
                 "); this pipeline runs text-to-video only so far");
+  if (a.switch_boundary && !pipe->dit2)
+    warn_unused(a.quiet, "--switch-boundary has no effect with one DiT (it switches Wan2.2 A14B's two experts)");
+  if (pipe->dit2 && (pipe->dit2->config.in_dim != pipe->vae->config.z_dim || pipe->dit2->config.has_image_input))
+    throw Error("the second Wan DiT" + hint + " is an image-to-video model; this pipeline runs text-to-video only so far");
   if (pipe->dit->config.text_dim != pipe->text_encoder->config.dim)
     throw Error("the Wan DiT takes " + std::to_string(pipe->dit->config.text_dim) + "-wide text embeddings, the text encoder" +
                 hint + " makes " + std::to_string(pipe->text_encoder->config.dim));
@@ -160,6 +183,7 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   params["num_frames"] = result.num_frames;
   params["fps"] = fps;
   params["tiled"] = in.tiled;
+  if (pipe->dit2) params["switch_DiT_boundary"] = in.switch_DiT_boundary;
   params["models"] = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < pool.model.size(); ++i)
     params["models"].push_back({{"model_name", pool.model_name[i]}, {"path", path_str(pool.model_path[i])}});

@@ -125,3 +125,13 @@ def test_folder_missing_role_or_unreadable_file(tmp_path, diffsynth_bin, tiny_di
     one_line_error(run([diffsynth_bin, "generate", "--model", f"{tiny_dir}/diffusion_pytorch_model.safetensors",
                         "--model", f"{tiny_dir}/Wan2.1_VAE.pth", "-o", tmp_path / "o.mp4"] + SMALL, check=False),
                    "no Wan text encoder")
+
+
+def test_switch_boundary_without_a_second_expert_warns(tmp_path, diffsynth_bin, tiny_dir):
+    p = run([diffsynth_bin, "generate", "--model-dir", tiny_dir, "-o", tmp_path / "o.mp4", "--switch-boundary", 0.5] +
+            [a for a in map(str, SMALL) if a != "-q"])
+    assert "diffsynth: warning: --switch-boundary has no effect with one DiT" in p.stderr, p.stderr
+    one_line_error(run([diffsynth_bin, "generate", "-q", "--switch-boundary", 0.5], check=False), "--switch-boundary",
+                   "qwen_image_dit")
+    one_line_error(run([diffsynth_bin, "generate", "--model-dir", tiny_dir, "--switch-boundary", 1.5], check=False),
+                   "--switch-boundary")

@@ -207,3 +207,51 @@ def test_mp4_is_what_we_wrote(tmp_path, diffsynth_bin, tiny_dir):
     # The run's parameters travel in the file.
     tags = run(["ffprobe", "-v", "error", "-show_entries", "format_tags=comment", "-of", "default=nw=1:nk=1", out]).stdout
     assert '"seed":7' in tags and '"num_frames":13' in tags, tags
+
+
+@pytest.fixture(scope="module")
+def a14b_dir(tiny_dir, tmp_path_factory):
+    """A Wan2.2 A14B-style folder: high_noise_model/ = the tiny DiT, low_noise_model/ = a perturbed
+    copy (same config metadata), and the tiny folder's text encoder, VAE and tokenizer."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    d = tmp_path_factory.mktemp("a14b")
+    src = f"{tiny_dir}/diffusion_pytorch_model.safetensors"
+    with safe_open(src, "pt") as f:
+        metadata = f.metadata()
+    high = load_file(src)
+    g = torch.Generator().manual_seed(99)
+    low = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=g) if v.numel() > 1 else v for k, v in high.items()}
+    for sub, sd in (("high_noise_model", high), ("low_noise_model", low)):
+        (d / sub).mkdir()
+        save_file(sd, str(d / sub / "diffusion_pytorch_model.safetensors"), metadata=metadata)
+    for name in ("models_t5_umt5-xxl-enc-bf16.pth", "Wan2.1_VAE.pth", "google"):
+        os.symlink(f"{tiny_dir}/{name}", d / name)
+    return str(d)
+
+
+@pytest.mark.parametrize("boundary", [None, 0.95])
+def test_two_experts_switch_as_the_reference(tmp_path, diffsynth_bin, tiny_dir, a14b_dir, tokenizer, boundary):
+    # 4 steps at shift 5: timesteps 1000, 937.5, 833.3, 625: the default boundary (0.875) switches
+    # to the low-noise DiT at the third step, 0.95 at the second.
+    pipe = reference_pipe(tiny_dir, tokenizer, torch.float32)
+    low = WanModel(**DIT)
+    low.load_state_dict(load_file(f"{a14b_dir}/low_noise_model/diffusion_pytorch_model.safetensors"))
+    pipe.dit2 = low.eval()
+    extra = {} if boundary is None else {"switch_DiT_boundary": boundary}
+    ref = run_reference(pipe, **ref_kwargs(64, 48, 5, steps=4), **extra)
+    args = our_args(64, 48, 5, steps=4) + ([] if boundary is None else ["--switch-boundary", boundary])
+    vid, lat, _ = run_ours(diffsynth_bin, tmp_path, a14b_dir, "float32", args)
+    compare((vid, lat), ref, "float32")
+    # The second expert matters: one DiT alone gives other latents.
+    _, alone, _ = run_ours(diffsynth_bin, tmp_path, tiny_dir, "float32", our_args(64, 48, 5, steps=4))
+    assert (alone - lat).abs().max().item() > 1e-3
+
+
+def test_two_experts_offloaded_equal_resident(tmp_path, diffsynth_bin, a14b_dir):
+    # Under VRAM management only the active expert is onloaded (load_models_to_device(["dit2"])).
+    _, resident, _ = run_ours(diffsynth_bin, tmp_path, a14b_dir, "float32", our_args(32, 32, 5, steps=4))
+    _, offloaded, p = run_ours(diffsynth_bin, tmp_path, a14b_dir, "float32",
+                               our_args(32, 32, 5, steps=4) + ["--offload", "disk"], quiet=False)
+    assert torch.equal(resident, offloaded)
+    assert "More than one wan_video_dit models are loaded" in p.stderr, p.stderr
