@@ -105,8 +105,10 @@ int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_te
   std::map<std::string, std::string> metadata;
   if (found.all_safetensors) metadata = merge_safetensors_metadata(found.headers);
   const auto configs = find_model_configs(model_hash);
+  // Not in the table: the config entry the file carries, as ModelPool would use it.
+  const std::optional<ModelConfigEntry> own = configs.empty() ? config_from_metadata(paths) : std::nullopt;
   std::string diagnosis;
-  if (configs.empty()) diagnosis = diagnose_unknown_model(found.layout);
+  if (configs.empty() && !own) diagnosis = diagnose_unknown_model(found.layout);
 
   if (as_json) {
     nlohmann::ordered_json j;
@@ -125,6 +127,12 @@ int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_te
                              {"model_class", c->model_class},
                              {"extra_kwargs", c->extra_kwargs},
                              {"implemented", Registry::model(c->model_class) != nullptr}});
+    if (own)
+      j["models"].push_back({{"model_name", own->model_name},
+                             {"model_class", own->model_class},
+                             {"extra_kwargs", own->extra_kwargs},
+                             {"implemented", Registry::model(own->model_class) != nullptr},
+                             {"config", "stored in the file"}});
     if (!diagnosis.empty()) j["diagnosis"] = diagnosis;
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -153,7 +161,13 @@ int cmd_inspect(const std::vector<std::string>& files, bool as_json, bool all_te
     for (const auto& [k, v] : metadata) std::printf("  %s: %s\n", k.c_str(), v.c_str());
   }
   std::printf("model hash: %s\n", model_hash.c_str());
-  if (configs.empty()) {
+  if (own) {
+    std::printf("identified model: %s  class %s%s  (no DiffSynth-Studio config has this hash: the config stored in "
+                "the file)%s\n",
+                own->model_name.c_str(), short_class(own->model_class).c_str(),
+                own->extra_kwargs.is_null() ? "" : ("  extra_kwargs " + own->extra_kwargs.dump()).c_str(),
+                Registry::model(own->model_class) ? "" : "  (not implemented in diffsynth.cpp yet)");
+  } else if (configs.empty()) {
     std::printf("identified model: none (no DiffSynth-Studio config has this hash)\n");
     if (!diagnosis.empty()) std::printf("%s\n", diagnosis.c_str());
   }

@@ -135,3 +135,18 @@ def test_switch_boundary_without_a_second_expert_warns(tmp_path, diffsynth_bin, 
                    "qwen_image_dit")
     one_line_error(run([diffsynth_bin, "generate", "--model-dir", tiny_dir, "--switch-boundary", 1.5], check=False),
                    "--switch-boundary")
+
+
+def test_inspect_names_the_config_a_file_carries(diffsynth_bin, tiny_dir):
+    # The tiny files' hashes are not in the table; each carries its entry (a .pth as a zip record).
+    for name, model in [("Wan2.1_VAE.pth", "wan_video_vae  class WanVideoVAE"),
+                        ("models_t5_umt5-xxl-enc-bf16.pth", "wan_video_text_encoder  class WanTextEncoder"),
+                        ("diffusion_pytorch_model.safetensors", "wan_video_dit  class WanModel")]:
+        out = run([diffsynth_bin, "inspect", f"{tiny_dir}/{name}"]).stdout
+        assert f"identified model: {model}" in out and "the config stored in the file" in out, out[-600:]
+        assert "Closest known model" not in out
+    import json
+    j = json.loads(run([diffsynth_bin, "inspect", "--json", f"{tiny_dir}/Wan2.1_VAE.pth"]).stdout)
+    assert j["models"] == [{"model_name": "wan_video_vae", "model_class": "diffsynth.models.wan_video_vae.WanVideoVAE",
+                            "extra_kwargs": {"dim": 16, "num_res_blocks": 1}, "implemented": True,
+                            "config": "stored in the file"}], j["models"]
