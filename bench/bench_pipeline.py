@@ -27,7 +27,6 @@ Usage: python bench/bench_pipeline.py BUILD_DIR [--repeats 2] [--threads N] [--c
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import config_metadata, gib, machine, measure_rusage  # noqa: E402
+from common import OURS_TIMINGS_RE, config_metadata, gib, machine, measure_rusage  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PROMPT = "A red fox sitting in fresh snow, golden hour, highly detailed photograph"
@@ -117,9 +116,6 @@ print("timings " + json.dumps({
     "threads": torch.get_num_threads()}))
 """
 
-OURS_RE = re.compile(r"diffsynth: timings: load ([0-9.]+) s, encode ([0-9.]+) s, denoise ([0-9.]+) s "
-                     r"\((\d+) steps, ([0-9.]+) s/step\), decode ([0-9.]+) s")
-
 
 def random_weight(name, shape, dtype=torch.bfloat16):
     """Weights on the scale of trained ones, so activations stay O(1) through the stack."""
@@ -175,7 +171,7 @@ def run_pair(name, ours_cmd, ref_cmd, ours_png, ref_png, repeats, log):
     ours, ref = [], []
     for i in range(repeats):
         wall, rss, _, err = measure_rusage(ours_cmd, capture_stderr=True)
-        m = OURS_RE.search(err)
+        m = OURS_TIMINGS_RE.search(err)
         if not m:
             raise RuntimeError(f"no timings line from diffsynth generate:\n{err[-2000:]}")
         t = dict(load=float(m.group(1)), encode=float(m.group(2)), denoise=float(m.group(3)), decode=float(m.group(6)))

@@ -19,7 +19,6 @@ Usage: python bench/bench_wan_pipeline.py BUILD_DIR [--repeats 2] [--threads N] 
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import gib, machine, measure_rusage  # noqa: E402
+from common import OURS_TIMINGS_RE, gib, machine, measure_rusage  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PROMPT = "A corgi running on a beach at sunset, waves, slow motion"
@@ -91,9 +90,6 @@ print("timings " + json.dumps({
     "write": T_end - T_decoded, "threads": torch.get_num_threads()}))
 """
 
-OURS_RE = re.compile(r"diffsynth: timings: load ([0-9.]+) s, encode ([0-9.]+) s, denoise ([0-9.]+) s "
-                     r"\((\d+) steps, ([0-9.]+) s/step\), decode ([0-9.]+) s")
-
 
 def read_frames(frames_dir):
     from PIL import Image
@@ -135,7 +131,7 @@ def main():
             ours, ref = [], []
             for i in range(args.repeats):
                 wall, rss, _, err = measure_rusage(ours_cmd, capture_stderr=True)
-                m = OURS_RE.search(err)
+                m = OURS_TIMINGS_RE.search(err)
                 if not m:
                     raise RuntimeError(f"no timings line from diffsynth generate:\n{err[-2000:]}")
                 t = dict(load=float(m.group(1)), encode=float(m.group(2)), denoise=float(m.group(3)),

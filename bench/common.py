@@ -3,6 +3,7 @@ repeat, report medians. Both sides are measured in the same run, one after
 the other, alternating, so machine noise hits both."""
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -101,3 +102,9 @@ def config_metadata(model_name, model_class, extra_kwargs, converter=None):
 
 def dit_metadata(**extra_kwargs):
     return config_metadata("qwen_image_dit", "diffsynth.models.qwen_image_dit.QwenImageDiT", extra_kwargs)
+
+
+# The `diffsynth generate` stderr line (apps/diffsynth/generate.cpp print_timings): load, encode,
+# denoise, steps, s/step, decode.
+OURS_TIMINGS_RE = re.compile(r"diffsynth: timings: load ([0-9.]+) s, encode ([0-9.]+) s, denoise ([0-9.]+) s "
+                             r"\((\d+) steps, ([0-9.]+) s/step\), decode ([0-9.]+) s")

@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -9,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/vram/layers.h"
 #include "utils/lora/general.h"
 
 namespace diffsynth {
@@ -105,6 +108,21 @@ torch::Tensor BasePipeline::cfg_guided(double cfg_scale, const std::function<tor
   if (cfg_scale == 1.0) return pos;
   auto neg = negative();
   return neg + cfg_scale * (pos - neg);
+}
+
+void BasePipeline::check_in_range(double v, double lo, double hi, const std::string& name, bool lo_open) {
+  if (!std::isfinite(v) || v < lo || (lo_open && v == lo) || v > hi)
+    throw Error(name + " must be a finite number in " + (lo_open ? "(" : "[") + std::to_string(lo) + ", " +
+                std::to_string(hi) + "], got " + std::to_string(v));
+}
+
+void BasePipeline::load_models_to_device(const std::vector<std::pair<std::string, Module*>>& models,
+                                         const std::vector<std::string>& names) {
+  const auto wanted = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  for (const auto& [name, m] : models)
+    if (!wanted(name) && vram_management_enabled(*m)) vram_offload(*m);
+  for (const auto& [name, m] : models)
+    if (wanted(name) && vram_management_enabled(*m)) vram_onload(*m);
 }
 
 ProgressBar::ProgressBar(std::int64_t total, std::ostream& out, std::string label)

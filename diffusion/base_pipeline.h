@@ -11,6 +11,8 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "core/module.h"
 #include "diffusion/flow_match.h"
@@ -57,6 +59,13 @@ class BasePipeline {
   static void check_finite(const torch::Tensor& t, const std::string& what);
   static torch::Tensor cfg_guided(double cfg_scale, const std::function<torch::Tensor()>& positive,
                                   const std::function<torch::Tensor()>& negative);
+  // Input checks: "<name> must be a finite number in [lo, hi], got v" ("(lo, hi]" with lo_open).
+  static void check_in_range(double v, double lo, double hi, const std::string& name, bool lo_open = false);
+  // The reference's load_models_to_device over a pipeline's (role, model) pairs: with VRAM
+  // management, the models not named are offloaded first (what leaves makes room), then the
+  // named ones onloaded.
+  static void load_models_to_device(const std::vector<std::pair<std::string, Module*>>& models,
+                                    const std::vector<std::string>& names);
 
   torch::Device device;
   c10::ScalarType dtype;

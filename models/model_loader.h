@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "configs/model_configs.h"
+#include "core/error.h"
 #include "core/loader/file.h"
 #include "core/module.h"
 #include "core/vram/config.h"
@@ -46,6 +47,28 @@ class ModelPool {
   std::vector<std::size_t> matches(const std::string& name) const;
   std::ostream* out_;
 };
+
+// pool.fetch_model(name) as the class a pipeline expects: nullptr when the pool has none, an
+// Error when the model is another class.
+template <typename T>
+std::shared_ptr<T> fetch_model_as(ModelPool& pool, const std::string& name) {
+  auto m = pool.fetch_model(name);
+  if (!m) return nullptr;
+  auto typed = std::dynamic_pointer_cast<T>(m);
+  if (!typed) throw Error("model '" + name + "' in the pool is not the expected class");
+  return typed;
+}
+// The same for fetch_model(name, index): every model fetched, each as T.
+template <typename T>
+std::vector<std::shared_ptr<T>> fetch_models_as(ModelPool& pool, const std::string& name, FetchIndex index) {
+  std::vector<std::shared_ptr<T>> out;
+  for (auto& m : pool.fetch_model(name, index)) {
+    auto typed = std::dynamic_pointer_cast<T>(m);
+    if (!typed) throw Error("model '" + name + "' in the pool is not the expected class");
+    out.push_back(std::move(typed));
+  }
+  return out;
+}
 
 // Beyond the reference: a file may carry its own config entry as JSON ({"model_name",
 // "model_class", "extra_kwargs", "state_dict_converter"}) under this key: a safetensors file in

@@ -25,15 +25,6 @@ torch::Tensor pack_latents(const torch::Tensor& x) {
   return x.view({b, c, h, 2, w, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({b, h * w, c * 4});
 }
 
-template <typename T>
-std::shared_ptr<T> fetch(ModelPool& pool, const std::string& name) {
-  auto m = pool.fetch_model(name);
-  if (!m) return nullptr;
-  auto typed = std::dynamic_pointer_cast<T>(m);
-  if (!typed) throw Error("model '" + name + "' in the pool is not the expected class");
-  return typed;
-}
-
 // torchvision GaussianBlur(kernel_size=2k+1, sigma) on [1, 1, h, w]: the kernel is built in the
 // tensor's dtype, sigma passes through a float32 (GaussianBlur draws it with uniform_(s, s)),
 // reflect padding, depthwise conv.
@@ -60,14 +51,11 @@ QwenImagePipeline::QwenImagePipeline(torch::Device device, c10::ScalarType dtype
 std::unique_ptr<QwenImagePipeline> QwenImagePipeline::from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
                                                                       torch::Device device, c10::ScalarType dtype) {
   auto pipe = std::make_unique<QwenImagePipeline>(device, dtype);
-  pipe->text_encoder = fetch<QwenImageTextEncoderImpl>(pool, "qwen_image_text_encoder");
-  pipe->dit = fetch<QwenImageDiTImpl>(pool, "qwen_image_dit");
-  pipe->vae = fetch<QwenImageVAEImpl>(pool, "qwen_image_vae");
-  for (auto& m : pool.fetch_model("qwen_image_blockwise_controlnet", FetchAll{})) {
-    auto typed = std::dynamic_pointer_cast<QwenImageBlockWiseControlNetImpl>(m);
-    if (!typed) throw Error("model 'qwen_image_blockwise_controlnet' in the pool is not the expected class");
-    pipe->blockwise_controlnet.push_back(typed);
-  }
+  pipe->text_encoder = fetch_model_as<QwenImageTextEncoderImpl>(pool, "qwen_image_text_encoder");
+  pipe->dit = fetch_model_as<QwenImageDiTImpl>(pool, "qwen_image_dit");
+  pipe->vae = fetch_model_as<QwenImageVAEImpl>(pool, "qwen_image_vae");
+  pipe->blockwise_controlnet =
+      fetch_models_as<QwenImageBlockWiseControlNetImpl>(pool, "qwen_image_blockwise_controlnet", FetchAll{});
   if (!tokenizer_dir.empty()) pipe->tokenizer = std::make_shared<BPETokenizer>(BPETokenizer::from_dir(tokenizer_dir));
   return pipe;
 }
@@ -78,12 +66,7 @@ void QwenImagePipeline::load_models_to_device(const std::vector<std::string>& na
   if (dit) models.emplace_back("dit", dit.get());
   if (vae) models.emplace_back("vae", vae.get());
   for (auto& c : blockwise_controlnet) models.emplace_back("blockwise_controlnet", c.get());
-  const auto wanted = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
-  // Offload first, then onload: what leaves makes room for what comes.
-  for (auto& [name, m] : models)
-    if (!wanted(name) && vram_management_enabled(*m)) vram_offload(*m);
-  for (auto& [name, m] : models)
-    if (wanted(name) && vram_management_enabled(*m)) vram_onload(*m);
+  BasePipeline::load_models_to_device(models, names);
 }
 
 std::int64_t QwenImagePipeline::clear_lora(bool verbose) {
@@ -161,12 +144,6 @@ FlowMatchOptions schedule_options(const QwenImageInputs& in) {
   return shift;
 }
 
-void check_number(double v, double lo, double hi, const std::string& name) {
-  if (!std::isfinite(v) || v < lo || v > hi)
-    throw Error(name + " must be a finite number in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
-                std::to_string(v));
-}
-
 }  // namespace
 
 void QwenImagePipeline::check_inputs(const QwenImageInputs& in) {
@@ -177,9 +154,9 @@ void QwenImagePipeline::check_inputs(const QwenImageInputs& in) {
                 std::to_string(in.width) + "x" + std::to_string(in.height));
   if (!(in.denoising_strength > 0 && in.denoising_strength <= 1))
     throw Error("denoising_strength must be in (0, 1], got " + std::to_string(in.denoising_strength));
-  check_number(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
-  if (in.exponential_shift_mu) check_number(*in.exponential_shift_mu, -kMaxShiftMu, kMaxShiftMu, "exponential_shift_mu");
-  for (const auto& c : in.blockwise_controlnet_inputs) check_number(c.scale, -kMaxGuidance, kMaxGuidance, "ControlNet scale");
+  check_in_range(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
+  if (in.exponential_shift_mu) check_in_range(*in.exponential_shift_mu, -kMaxShiftMu, kMaxShiftMu, "exponential_shift_mu");
+  for (const auto& c : in.blockwise_controlnet_inputs) check_in_range(c.scale, -kMaxGuidance, kMaxGuidance, "ControlNet scale");
   if (in.inpaint_blur_sigma && !(std::isfinite(*in.inpaint_blur_sigma) && *in.inpaint_blur_sigma > 0))
     throw Error("inpaint_blur_sigma must be a finite number > 0, got " + std::to_string(*in.inpaint_blur_sigma));
   if (in.inpaint_blur_size) {

@@ -13,21 +13,6 @@
 namespace diffsynth {
 namespace {
 
-template <typename T>
-std::shared_ptr<T> fetch(ModelPool& pool, const std::string& name) {
-  auto m = pool.fetch_model(name);
-  if (!m) return nullptr;
-  auto typed = std::dynamic_pointer_cast<T>(m);
-  if (!typed) throw Error("model '" + name + "' in the pool is not the expected class");
-  return typed;
-}
-
-void check_number(double v, double lo, double hi, const std::string& name, bool lo_open = false) {
-  if (!std::isfinite(v) || v < lo || (lo_open && v == lo) || v > hi)
-    throw Error(name + " must be a finite number in " + (lo_open ? "(" : "[") + std::to_string(lo) + ", " +
-                std::to_string(hi) + "], got " + std::to_string(v));
-}
-
 // The VAE's spatial factor: latents are 1/8 of the pixels (WanVideoVAE.upsampling_factor).
 constexpr std::int64_t kUpsampling = 8;
 
@@ -39,15 +24,12 @@ WanVideoPipeline::WanVideoPipeline(torch::Device device, c10::ScalarType dtype)
 std::unique_ptr<WanVideoPipeline> WanVideoPipeline::from_model_pool(ModelPool& pool, const std::string& tokenizer_dir,
                                                                     torch::Device device, c10::ScalarType dtype) {
   auto pipe = std::make_unique<WanVideoPipeline>(device, dtype);
-  pipe->text_encoder = fetch<WanTextEncoderImpl>(pool, "wan_video_text_encoder");
+  pipe->text_encoder = fetch_model_as<WanTextEncoderImpl>(pool, "wan_video_text_encoder");
   // fetch_model("wan_video_dit", index=2): a Wan2.2 A14B pair is (high-noise, low-noise).
-  const auto dits = pool.fetch_model("wan_video_dit", FetchIndex{std::int64_t{2}});
-  for (std::size_t i = 0; i < dits.size(); ++i) {
-    auto typed = std::dynamic_pointer_cast<WanModelImpl>(dits[i]);
-    if (!typed) throw Error("model 'wan_video_dit' in the pool is not the expected class");
-    (i == 0 ? pipe->dit : pipe->dit2) = typed;
-  }
-  pipe->vae = fetch<WanVideoVAEImpl>(pool, "wan_video_vae");
+  const auto dits = fetch_models_as<WanModelImpl>(pool, "wan_video_dit", FetchIndex{std::int64_t{2}});
+  if (dits.size() > 0) pipe->dit = dits[0];
+  if (dits.size() > 1) pipe->dit2 = dits[1];
+  pipe->vae = fetch_model_as<WanVideoVAEImpl>(pool, "wan_video_vae");
   // The reference: height/width division factor = vae.upsampling_factor * 2.
   pipe->height_division_factor = pipe->width_division_factor = kUpsampling * 2;
   if (!tokenizer_dir.empty()) pipe->tokenizer = std::make_shared<UnigramTokenizer>(UnigramTokenizer::from_dir(tokenizer_dir));
@@ -60,12 +42,7 @@ void WanVideoPipeline::load_models_to_device(const std::vector<std::string>& nam
   if (dit) models.emplace_back("dit", dit.get());
   if (dit2) models.emplace_back("dit2", dit2.get());
   if (vae) models.emplace_back("vae", vae.get());
-  const auto wanted = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
-  // Offload first, then onload: what leaves makes room for what comes.
-  for (auto& [name, m] : models)
-    if (!wanted(name) && vram_management_enabled(*m)) vram_offload(*m);
-  for (auto& [name, m] : models)
-    if (wanted(name) && vram_management_enabled(*m)) vram_onload(*m);
+  BasePipeline::load_models_to_device(models, names);
 }
 
 torch::Tensor WanVideoPipeline::encode_prompt(const std::string& prompt) {
@@ -87,10 +64,10 @@ void WanVideoPipeline::check_inputs(const WanVideoInputs& in) {
                 "x" + std::to_string(in.height));
   if (in.num_frames < 1 || in.num_frames > kMaxFrames)
     throw Error("num_frames must be in [1, " + std::to_string(kMaxFrames) + "], got " + std::to_string(in.num_frames));
-  check_number(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
+  check_in_range(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
   // shift s maps sigma to s * sigma / (1 + (s - 1) * sigma): s <= 0 leaves no noise schedule.
-  check_number(in.sigma_shift, 0, kMaxShift, "sigma_shift", /*lo_open=*/true);
-  check_number(in.switch_DiT_boundary, 0, 1, "switch_DiT_boundary");
+  check_in_range(in.sigma_shift, 0, kMaxShift, "sigma_shift", /*lo_open=*/true);
+  check_in_range(in.switch_DiT_boundary, 0, 1, "switch_DiT_boundary");
   if (in.tiled) {
     const auto& t = in.tiling;
     if (t.tile_h < 1 || t.tile_w < 1 || t.stride_h < 1 || t.stride_w < 1 || t.stride_h > t.tile_h || t.stride_w > t.tile_w)

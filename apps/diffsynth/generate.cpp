@@ -78,6 +78,21 @@ void check_multiple(std::int64_t v, const char* name, const std::string& source)
 
 // A one-line notice for an option that does nothing here (not an error: the run is still what
 // was asked, minus a no-op).
+nlohmann::ordered_json pool_models_json(const ModelPool& pool) {
+  auto models = nlohmann::ordered_json::array();
+  for (std::size_t i = 0; i < pool.model.size(); ++i)
+    models.push_back({{"model_name", pool.model_name[i]}, {"path", path_str(pool.model_path[i])}});
+  return models;
+}
+
+void print_timings(double load, double encode, double denoise, std::int64_t steps, double decode) {
+  std::fprintf(stderr,
+               "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
+               "peak RSS %.2f GiB\n",
+               load, encode, denoise, static_cast<long long>(steps), denoise / static_cast<double>(steps), decode,
+               peak_rss_bytes() / (1 << 30));
+}
+
 void warn_unused(bool quiet, const std::string& message) {
   if (!quiet) std::cerr << "diffsynth: warning: " << message << "\n";
 }
@@ -289,9 +304,7 @@ int generate_image(const GenerateArgs& a, GenerateModels models, std::chrono::st
   params["cfg_scale"] = cfg_scale;
   params["width"] = result.width;
   params["height"] = result.height;
-  params["models"] = nlohmann::ordered_json::array();
-  for (std::size_t i = 0; i < pool.model.size(); ++i)
-    params["models"].push_back({{"model_name", pool.model_name[i]}, {"path", path_str(pool.model_path[i])}});
+  params["models"] = pool_models_json(pool);
   if (input_image.defined()) {
     params["input_image"] = a.input_image;
     params["denoising_strength"] = in.denoising_strength;
@@ -306,15 +319,10 @@ int generate_image(const GenerateArgs& a, GenerateModels models, std::chrono::st
     save_safetensors(a.save_latents, {{"latents", result.latents.to(torch::kCPU, torch::kFloat32).contiguous()}});
   write_png(output, result.image, {{"parameters", params.dump()}, {"Software", "diffsynth.cpp"}});
   if (!a.quiet) {
-    std::fprintf(stderr,
-                 "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
-                 "peak RSS %.2f GiB\n",
-                 load_seconds, result.encode_seconds, result.denoise_seconds, static_cast<long long>(steps),
-                 result.denoise_seconds / static_cast<double>(steps), result.decode_seconds, peak_rss_bytes() / (1 << 30));
-  }
-  if (!a.quiet)
+    print_timings(load_seconds, result.encode_seconds, result.denoise_seconds, steps, result.decode_seconds);
     std::cerr << "diffsynth: wrote " << output << " (" << result.width << "x" << result.height << ", seed " << result.seed
               << ") in " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
+  }
   return 0;
 }
 

@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/loader/file.h"
+#include "models/model_loader.h"
 
 #include "apps/diffsynth/lora_options.h"
 #include "apps/diffsynth/vram_options.h"
@@ -66,5 +69,9 @@ int generate_video(const GenerateArgs& args, const GenerateModels& models, std::
 std::optional<GenerateModels> wan_model_folder(const std::string& dir);
 // "diffsynth: warning: <message>" unless quiet: an option that does nothing here.
 void warn_unused(bool quiet, const std::string& message);
+// What both pipelines record and print: the loaded models ([{model_name, path}]) for the output's
+// parameters, and the "diffsynth: timings:" line (bench/ parses it).
+nlohmann::ordered_json pool_models_json(const ModelPool& pool);
+void print_timings(double load, double encode, double denoise, std::int64_t steps, double decode);
 
 }  // namespace diffsynth::cli

@@ -184,9 +184,7 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   params["fps"] = fps;
   params["tiled"] = in.tiled;
   if (pipe->dit2) params["switch_DiT_boundary"] = in.switch_DiT_boundary;
-  params["models"] = nlohmann::ordered_json::array();
-  for (std::size_t i = 0; i < pool.model.size(); ++i)
-    params["models"].push_back({{"model_name", pool.model_name[i]}, {"path", path_str(pool.model_path[i])}});
+  params["models"] = pool_models_json(pool);
   if (!lora_info.empty()) params["loras"] = lora_info;
   params["dtype"] = a.dtype;
   params["device"] = a.device;
@@ -197,13 +195,8 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   if (!a.frames_dir.empty())
     write_frames_dir(a.frames_dir, result.video, {{"parameters", params.dump()}, {"Software", "diffsynth.cpp"}});
   if (!a.quiet) {
-    std::fprintf(stderr,
-                 "diffsynth: timings: load %.3f s, encode %.3f s, denoise %.3f s (%lld steps, %.3f s/step), decode %.3f s; "
-                 "peak RSS %.2f GiB\n",
-                 load_seconds, result.encode_seconds, result.denoise_seconds,
-                 static_cast<long long>(in.num_inference_steps),
-                 result.denoise_seconds / static_cast<double>(in.num_inference_steps), result.decode_seconds,
-                 peak_rss_bytes() / (1 << 30));
+    print_timings(load_seconds, result.encode_seconds, result.denoise_seconds, in.num_inference_steps,
+                  result.decode_seconds);
     std::cerr << "diffsynth: wrote " << output << " (" << result.num_frames << " frames of " << result.width << "x"
               << result.height << " at " << fps << " fps, seed " << result.seed << ")";
     if (!a.frames_dir.empty()) std::cerr << " and " << result.num_frames << " PNG frames in " << a.frames_dir;

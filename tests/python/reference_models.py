@@ -146,3 +146,21 @@ def wan_vae_file_state_dict(model):
     """A WanVideoVAE's weights under the names Wan2.1_VAE.pth uses (the inverse of
     WanVideoVAEStateDictConverter: "model." dropped)."""
     return {k[len("model."):]: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def run_capturing_latents(pipe, **kw):
+    """pipe(**kw) without a progress bar, and the final latents its VAE's decode was given (float32
+    copy): (the pipeline's output, latents)."""
+    seen = {}
+    decode = pipe.vae.decode
+
+    def spy(latents, *a, **k):
+        seen["latents"] = latents.float().clone()
+        return decode(latents, *a, **k)
+
+    pipe.vae.decode = spy
+    try:
+        out = pipe(progress_bar_cmd=lambda x: x, **kw)
+    finally:
+        pipe.vae.decode = decode
+    return out, seen["latents"]

@@ -84,19 +84,8 @@ def reference_pipe(models, tiny_dir, dtype, controlnet=None):
 
 def run_reference(pipe, **kw):
     """The reference's image and the latents its VAE decodes."""
-    seen = {}
-    decode = pipe.vae.decode
-
-    def spy(latents, *a, **k):
-        seen["latents"] = latents.float().clone()
-        return decode(latents, *a, **k)
-
-    pipe.vae.decode = spy
-    try:
-        image = pipe(progress_bar_cmd=lambda x: x, **kw)
-    finally:
-        pipe.vae.decode = decode
-    return np.array(image), seen["latents"]
+    image, latents = reference_models.run_capturing_latents(pipe, **kw)
+    return np.array(image), latents
 
 
 def run_ours(diffsynth_bin, tmp_path, tiny_dir, dtype, args):

@@ -79,19 +79,8 @@ def reference_pipe(tiny_dir, tokenizer, dtype):
 
 def run_reference(pipe, **kw):
     """The reference's frames [T, H, W, 3] and the latents its VAE decodes."""
-    seen = {}
-    decode = pipe.vae.decode
-
-    def spy(latents, *a, **k):
-        seen["latents"] = latents.float().clone()
-        return decode(latents, *a, **k)
-
-    pipe.vae.decode = spy
-    try:
-        video = pipe(progress_bar_cmd=lambda x: x, **kw)
-    finally:
-        pipe.vae.decode = decode
-    return np.stack([np.array(f) for f in video]), seen["latents"]
+    video, latents = reference_models.run_capturing_latents(pipe, **kw)
+    return np.stack([np.array(f) for f in video]), latents
 
 
 def read_frames(frames_dir):
