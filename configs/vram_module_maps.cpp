@@ -52,6 +52,13 @@ const std::map<std::string, std::vector<VRAMModuleMapEntry>>& maps() {
         {"torch.nn.Embedding", AWM},
         {"diffsynth.models.wan_video_text_encoder.T5RelativeEmbedding", AWM},
         {"diffsynth.models.wan_video_text_encoder.T5LayerNorm", AWM}}},
+      // The whole vision tower is one unit (VisionTransformer first); the other entries match
+      // nothing outside it (log_scale, a root parameter, is read as no wrapper's).
+      {"diffsynth.models.wan_video_image_encoder.WanImageEncoder",
+       {{"diffsynth.models.wan_video_image_encoder.VisionTransformer", AWM},
+        {"torch.nn.Linear", AWL},
+        {"torch.nn.Conv2d", AWM},
+        {"torch.nn.LayerNorm", AWM}}},
   };
   return m;
 }
