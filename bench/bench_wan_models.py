@@ -20,7 +20,9 @@ also checks that both sides' outputs agree.
 
 Only one process runs at a time (the text encoder's file is 5.7 GB, its vocabulary alone 4.2 GB).
 
-Usage: python bench/bench_wan_models.py BUILD_DIR [--repeats 2] [--only dit,te,vae,vae_tiled]
+4. WanImageEncoder (--only clip): the full ViT-H/14 vision tower, encode_image of one 832x480 image.
+
+Usage: python bench/bench_wan_models.py BUILD_DIR [--repeats 2] [--only dit,te,vae,vae_tiled,clip]
        [--dtypes float32,bfloat16] [--tiled-dtypes bfloat16] [--keep DIR]
 """
 import argparse
@@ -270,11 +272,67 @@ def compare(name, ours_cmd, ref_cmd, repeats, key, d, ours_baseline):
                 ours_rss=max(r[1] for r in ours), ref_rss=max(r[1] for r in ref), rel_diff=rel)
 
 
+# 4. WanImageEncoder (added with the CLIP encoder, --only clip): the full ViT-H/14 vision tower
+# (1280 wide, 32 blocks, 632 M parameters) on one 832x480 image in [-1, 1], as the Wan I2V pipeline
+# hands it to encode_image (which resizes it to 224 and runs 31 blocks on 257 tokens); the weights
+# in the published file's names (no "model.", no text tower) through the converter on both sides.
+CLIP_CONVERTER = "diffsynth.utils.state_dict_converters.wan_video_image_encoder.WanImageEncoderStateDictConverter"
+REF_CLIP = r"""
+import sys, time, torch
+from safetensors.torch import load_file, save_file
+from diffsynth.core.vram.initialization import skip_model_initialization
+from diffsynth.models.wan_video_image_encoder import WanImageEncoder
+from diffsynth.utils.state_dict_converters.wan_video_image_encoder import WanImageEncoderStateDictConverter
+torch.set_grad_enabled(False)
+dtype = getattr(torch, sys.argv[3])
+with skip_model_initialization():
+    m = WanImageEncoder()
+m.load_state_dict(WanImageEncoderStateDictConverter(load_file(sys.argv[1])), assign=True)
+m = m.to(dtype).eval()
+image = load_file(sys.argv[2])["video.0"]
+t0, c0 = time.perf_counter(), time.process_time()
+out = m.encode_image([image.to(dtype)])
+print("forward", time.perf_counter() - t0, "cpu", time.process_time() - c0)
+if sys.argv[4] != "-":
+    save_file({"out": out.float().contiguous()}, sys.argv[4])
+"""
+
+
+def write_clip_files(d):
+    """clip.safetensors (the parity test's unit-gain init), clip_in (the image) and clip_min (our
+    baseline: a 14x14 image through the tower with pos_interpolate, 2 tokens)."""
+    from diffsynth.models.wan_video_image_encoder import WanImageEncoder
+    g = torch.Generator().manual_seed(0)
+
+    def clip(name, shape):
+        r = torch.randn(shape, generator=g)
+        if "norm" in name and name.endswith("weight"):
+            return 1 + 0.1 * r
+        if name.endswith("bias"):
+            return 0.05 * r
+        if name.endswith("_embedding"):
+            return 0.5 * r
+        if len(shape) >= 2:
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+            return r / fan_in ** 0.5
+        return r
+
+    files = {"clip": f"{d}/clip.safetensors", "clip_in": f"{d}/clip_in.safetensors", "clip_min": f"{d}/clip_min.safetensors"}
+    if not os.path.exists(files["clip"]):  # 2.5 GB at once (write_streaming takes no 0-dim log_scale)
+        save_file({k[len("model."):]: clip(k, s) for k, s in layout_of(WanImageEncoder)}, files["clip"])
+    gi = torch.Generator().manual_seed(1)
+    save_file({"video.0": torch.rand(1, 3, 480, 832, generator=gi) * 2 - 1}, files["clip_in"])
+    save_file({"pixels": torch.rand(1, 3, 14, 14, generator=gi) * 2 - 1}, files["clip_min"])
+    return files
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--only", default="dit,te,vae", help="comma-separated subset of dit, te, vae, vae_tiled")
+    ap.add_argument("--only", default="dit,te,vae", help="comma-separated subset of dit, te, vae, vae_tiled, clip")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--tiled-dtypes", default="bfloat16",
                     help="dtypes of the tiled VAE decode (fp32 tiled: ~7 min a repeat on 2 cores)")
@@ -295,8 +353,12 @@ def main():
         os.makedirs(d, exist_ok=True)
         if args.keep and os.path.exists(f"{d}/vae_in.safetensors"):
             files = {k: f"{d}/{k}.safetensors" for k in ("dit", "te", "vae", "dit_in", "te_in", "vae_in")}
-        else:
+        elif only != {"clip"}:
             files = write_weights(d)
+        else:
+            files = {}
+        if "clip" in only:
+            files.update(write_clip_files(d))
         files.update(write_minimal_inputs(d))
         ours_out = f"{d}/ours.safetensors"
         for dtype in dtypes:
@@ -327,6 +389,14 @@ def main():
                                     args.repeats, "decoded", d,
                                     [parity, "wan_video_vae", files["vae"], files["vae_min"], ours_out, dtype, "{}",
                                      json.dumps({"converter": VAE_CONVERTER})]))
+            if "clip" in only:
+                rows.append(compare(f"WanImageEncoder encode_image (ViT-H/14, 31 blocks), 832x480 -> 224, 257 tokens, {short}",
+                                    [parity, "wan_image_encoder", files["clip"], files["clip_in"], ours_out, dtype, "{}",
+                                     json.dumps({"converter": CLIP_CONVERTER})],
+                                    [py, "-c", REF_CLIP, files["clip"], files["clip_in"], dtype, "OUT"],
+                                    args.repeats, "out", d,
+                                    [parity, "wan_image_encoder", files["clip"], files["clip_min"], ours_out, dtype, "{}",
+                                     json.dumps({"converter": CLIP_CONVERTER, "interpolation": True})]))
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}; {args.repeats} repeats")
     print("| benchmark | forward ours | forward reference | ratio ours/ref | forward CPU ours / ref | process ours "
           "| process reference | peak RSS ours | peak RSS reference | max diff / max abs ref |")
