@@ -5,6 +5,7 @@
 #include <cmath>
 #include <iostream>
 
+#include "core/cpu_block_cache.h"
 #include "core/error.h"
 #include "core/vram/layers.h"
 #include "utils/image.h"
@@ -328,6 +329,7 @@ QwenImageOutput QwenImagePipeline::operator()(const QwenImageInputs& in, std::os
   out.image = vae_output_to_image(decoded);
   out.decode_seconds = seconds_since(t_stage);
   load_models_to_device({});
+  release_cpu_block_cache();  // the generation's idle activation blocks go back to the system
   return out;
 }
 

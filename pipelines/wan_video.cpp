@@ -5,6 +5,7 @@
 #include <cmath>
 #include <iostream>
 
+#include "core/cpu_block_cache.h"
 #include "core/error.h"
 #include "core/tokenizer/text_cleaning.h"
 #include "core/vram/layers.h"
@@ -191,6 +192,7 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
   out.video = vae_output_to_video(decoded);
   out.decode_seconds = seconds_since(t_stage);
   load_models_to_device({});
+  release_cpu_block_cache();  // the generation's idle activation blocks go back to the system
   return out;
 }
 
