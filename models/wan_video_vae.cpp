@@ -77,6 +77,9 @@ std::shared_ptr<torch::nn::Module> holder(torch::nn::Module& parent, const std::
 // The reference's pattern around every cached causal conv: remember the last CACHE_T frames of
 // the conv's input (with the previous chunk's last frame in front when this chunk has only one),
 // run the conv with the previous chunk's frames in front.
+// SiLU over a fresh temporary (a norm's output), in place: the same kernel, no new activation.
+torch::Tensor silu_in_place(torch::Tensor x) { return torch::silu_(x); }
+
 torch::Tensor cached_conv(CausalConv3d& conv, const torch::Tensor& x, FeatCache* cache) {
   if (!cache) return conv.forward(x);
   auto& slot = cache->next();
@@ -126,7 +129,9 @@ torch::Tensor CausalConv3d::forward(const torch::Tensor& x, const torch::Tensor&
   // pads H and W itself (zeros, as F.pad).
   std::vector<torch::Tensor> parts;
   const std::int64_t missing = use_cache ? front - cache.size(2) : front;
-  if (missing > 0) parts.push_back(torch::zeros({x.size(0), x.size(1), missing, x.size(3), x.size(4)}, x.options()));
+  if (missing > 0)
+    parts.push_back(torch::zeros({x.size(0), x.size(1), missing, x.size(3), x.size(4)},
+                                 x.options().memory_format(x.suggest_memory_format())));
   if (use_cache) parts.push_back(cache.to(x.device()));
   parts.push_back(x);
   auto in = parts.size() == 1 ? x : torch::cat(parts, 2);
@@ -147,7 +152,8 @@ torch::Tensor RMSNorm::forward(const torch::Tensor& x) {
   auto denom = torch::linalg_vector_norm(x, 2, std::vector<std::int64_t>{1}, /*keepdim=*/true, std::nullopt)
                    .clamp_min(1e-12)
                    .expand_as(x);
-  // The reference then adds a bias of 0.0 (a no-op) -- omitted.
+  // The reference then adds a bias of 0.0 (a no-op) -- omitted. The scalar product in place:
+  // the same values (a Python float does not promote), one fresh activation less.
   return x / denom * std::pow(static_cast<double>(dim), 0.5) * compute_param("gamma");
 }
 
@@ -177,8 +183,8 @@ ResidualBlock::ResidualBlock(Naming n, std::int64_t in_dim, std::int64_t out_dim
 
 torch::Tensor ResidualBlock::forward(const torch::Tensor& x, FeatCache* cache) {
   auto h = conv_shortcut ? conv_shortcut->forward(x) : x;
-  auto y = cached_conv(*conv1, torch::silu(norm1->forward(x)), cache);
-  y = cached_conv(*conv2, torch::silu(norm2->forward(y)), cache);  // dropout: identity at inference
+  auto y = cached_conv(*conv1, silu_in_place(norm1->forward(x)), cache);
+  y = cached_conv(*conv2, silu_in_place(norm2->forward(y)), cache);  // dropout: identity at inference
   return y + h;
 }
 
@@ -240,18 +246,26 @@ torch::Tensor Resample::forward(const torch::Tensor& x, FeatCache* cache) {
       slot.x = std::move(keep);
       slot.rep = false;
       // [b, (2 c), t] -> [b, c, (t 2)] (the reference's reshape + stack), here straight into
-      // the per-frame layout [(b t 2), c, h, w] in one copy.
-      frames = y.reshape({b, 2, c, t, h, w}).permute({0, 3, 1, 2, 4, 5}).reshape({b * t * 2, c, h, w});
+      // the per-frame layout [(b t 2), c, h, w] in one copy, channels-last when y is.
+      if (y.is_contiguous(at::MemoryFormat::ChannelsLast3d))
+        frames = y.view({b, 2, c, t, h, w})
+                     .permute({0, 3, 1, 4, 5, 2})  // [b, t, 2, h, w, c]
+                     .contiguous()
+                     .view({b * t * 2, h, w, c})
+                     .permute({0, 3, 1, 2});
+      else
+        frames = y.reshape({b, 2, c, t, h, w}).permute({0, 3, 1, 2, 4, 5}).reshape({b * t * 2, c, h, w});
       t *= 2;
     }
   }
   if (!frames.defined()) frames = x.permute({0, 2, 1, 3, 4}).reshape({b * t, c, h, w});
   if (mode[0] == 'u') {
-    // nn.Upsample(scale_factor=2, mode="nearest-exact"), computed in fp32 and cast back.
-    // (F.interpolate's own call: output size from the scale factors.)
+    // nn.Upsample(scale_factor=2, mode="nearest-exact") (F.interpolate's own call: the output
+    // size from the scale factors). The reference upsamples in fp32 and casts back; a nearest
+    // upsample only copies values, and bf16/fp16 -> fp32 -> back is exact, so the same values
+    // come out of the activation dtype directly without the two casts and the fp32 copy.
     const std::array<double, 2> scale_factors{2.0, 2.0};
-    frames = at::_upsample_nearest_exact2d(frames.to(torch::kFloat32), std::nullopt, at::ArrayRef<double>(scale_factors))
-                 .to(frames.scalar_type());
+    frames = at::_upsample_nearest_exact2d(frames, std::nullopt, at::ArrayRef<double>(scale_factors));
   } else {
     frames = torch::constant_pad_nd(frames, {0, 1, 0, 1}, 0);  // ZeroPad2d((0, 1, 0, 1)): right and bottom
   }
@@ -341,7 +355,7 @@ torch::Tensor Encoder3d::forward(const torch::Tensor& x, FeatCache* cache) {
   auto y = cached_conv(*conv_in, x, cache);
   for (auto& l : down_blocks) y = l->forward(y, cache);
   y = mid_block->forward(y, cache);
-  return cached_conv(*conv_out, torch::silu(norm_out->forward(y)), cache);
+  return cached_conv(*conv_out, silu_in_place(norm_out->forward(y)), cache);
 }
 
 Decoder3d::Decoder3d(Naming n, const WanVAEConfig& c) {
@@ -404,7 +418,7 @@ torch::Tensor Decoder3d::forward(const torch::Tensor& x, FeatCache* cache) {
   auto y = cached_conv(*conv_in, x, cache);
   y = mid_block->forward(y, cache);
   for (auto& l : up_layers) y = l->forward(y, cache);
-  return cached_conv(*conv_out, torch::silu(norm_out->forward(y)), cache);
+  return cached_conv(*conv_out, silu_in_place(norm_out->forward(y)), cache);
 }
 
 }  // namespace wan_vae
@@ -438,6 +452,7 @@ WanVAEImpl::WanVAEImpl(const WanVAEConfig& c, WanVAENaming n) : config(c), namin
 }
 
 void WanVAEImpl::set_exact_conv3d(bool exact) {
+  channels_last = !exact;
   for (const auto& m : modules(/*include_self=*/false))
     if (auto* conv = dynamic_cast<wan_vae::CausalConv3d*>(m.get())) conv->exact_conv3d = exact;
 }
@@ -446,6 +461,10 @@ void WanVAEImpl::check_latent_channels(const torch::Tensor& z, std::int64_t dims
   if (z.dim() != dims || z.size(1) != kLatentChannels || config.z_dim != kLatentChannels)
     throw Error(std::string(label()) + "." + what + ": expected latents [B, 16, " + (dims == 5 ? "t, " : "") +
                 "h, w] (z_dim 16), got " + c10::str(z.sizes()) + " (z_dim " + std::to_string(config.z_dim) + ")");
+}
+
+torch::Tensor WanVAEImpl::to_compute_layout(const torch::Tensor& x) const {
+  return channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast3d) : x;
 }
 
 namespace {
@@ -461,16 +480,16 @@ torch::Tensor WanVAEImpl::encode_image(const torch::Tensor& image) {
   if (image.dim() != 4 || image.size(1) != config.image_channels)
     throw Error(std::string(label()) + ".encode: expected an image [B, " + std::to_string(config.image_channels) +
                 ", H, W], got " + c10::str(image.sizes()));
-  auto x = encoder->forward(image.unsqueeze(2), nullptr);  // one frame
+  auto x = encoder->forward(to_compute_layout(image.unsqueeze(2)), nullptr);  // one frame
   x = quant_conv->forward(x).slice(1, 0, kLatentChannels);  // the posterior mean; no sampling
-  return normalise(x, mean, inv_std).squeeze(2);
+  return normalise(x, mean, inv_std).squeeze(2).contiguous();
 }
 
 torch::Tensor WanVAEImpl::decode_image(const torch::Tensor& latents) {
   check_latent_channels(latents, 4, "decode");
   auto x = denormalise(latents.unsqueeze(2), mean, inv_std);
-  x = post_quant_conv->forward(x);
-  return decoder->forward(x, nullptr).squeeze(2);  // not clamped
+  x = to_compute_layout(post_quant_conv->forward(x));
+  return decoder->forward(x, nullptr).squeeze(2).contiguous();  // not clamped
 }
 
 torch::Tensor WanVAEImpl::encode_causal(const torch::Tensor& video) {
@@ -486,19 +505,19 @@ torch::Tensor WanVAEImpl::encode_causal(const torch::Tensor& video) {
   for (std::int64_t i = 0; i < chunks; ++i) {
     cache.idx = 0;
     auto chunk = i == 0 ? video.slice(2, 0, 1) : video.slice(2, 1 + 4 * (i - 1), 1 + 4 * i);
-    outs.push_back(encoder->forward(chunk, &cache));
+    outs.push_back(encoder->forward(to_compute_layout(chunk), &cache));
   }
   auto out = outs.size() == 1 ? outs[0] : torch::cat(outs, 2);
   outs.clear();
   // mu, log_var = conv1(out).chunk(2, dim=1)
   auto mu = quant_conv->forward(out).slice(1, 0, config.z_dim);
-  return normalise(mu, mean, inv_std);
+  return normalise(mu, mean, inv_std).contiguous();
 }
 
 torch::Tensor WanVAEImpl::decode_causal(const torch::Tensor& latents) {
   check_latent_channels(latents, 5, "decode_video");
   if (latents.size(2) < 1) throw Error(std::string(label()) + ".decode_video: no latent frames: " + c10::str(latents.sizes()));
-  auto x = post_quant_conv->forward(denormalise(latents, mean, inv_std));
+  auto x = to_compute_layout(post_quant_conv->forward(denormalise(latents, mean, inv_std)));
   const std::int64_t t = x.size(2);
   wan_vae::FeatCache cache;
   torch::Tensor first, out;
@@ -508,7 +527,7 @@ torch::Tensor WanVAEImpl::decode_causal(const torch::Tensor& latents) {
     auto y = decoder->forward(x.slice(2, i, i + 1), &cache);
     if (i == 0) {
       first = y;
-      if (t == 1) return first;
+      if (t == 1) return first.contiguous();
       continue;
     }
     if (i == 1) {
