@@ -11,12 +11,20 @@ max_dist 128, so the clamped log buckets are covered), an unmasked case, and a [
 masked, both sides compute them), and the pipeline's WanVideoUnit_PromptEmbedder.encode_prompt
 (the reference's own code on a stand-in pipe) against our encode_prompt.
 
-Tolerances. fp32: max abs diff <= 1e-5 * max|ref| (the issue's bar; measured 0, bit-exact: the same
-libtorch kernels in the same order). bf16: max abs diff <= 2 bf16 ulps of the output scale
-(2 * 2**-7 * max|ref|) and mean abs diff <= 5e-4 * mean|ref| (measured 0, bit-exact). fp16 (masked
-logits at finfo(fp16).min, the reference's fp16_clamp path): the same with 2 fp16 ulps (2 * 2**-10)
-(measured 0, bit-exact)."""
+Tolerances. fp32: max abs diff <= 1e-5 * max|ref| (the issue's bar). bf16 / fp16 (fp16: masked
+logits at finfo(fp16).min, the reference's fp16_clamp path): our attention is one fused kernel
+(fp32 softmax and accumulation, where the reference rounds the logits and the softmax weights to
+the activation dtype) and our GELU one pass (the reference rounds each of its seven ops), so in
+the half types we are not bit-equal to the reference but closer to the exact value: both are
+compared with the same network in float64 on the same (rounded) weights, and ours must be no less
+accurate than the reference: max |ours - exact| <= 1.5 max |ref - exact| + 1 ulp of the output
+scale, and mean |ours - exact| <= 1.1 mean |ref - exact| (measured: ours 4-8 ulp max, the
+reference 4-14; the mean error ours 10-45% smaller). Against the reference itself that is
+a mean difference of ~2% in bf16 (the reference's own rounding), 0.3% in fp16.
+"""
+import copy
 import json
+import math
 import os
 import re
 import sys
@@ -100,11 +108,14 @@ def test_text_encoder_output(tmp_path, parity_bin, reference, dtype, fmt):
     ref_model = WanTextEncoder(**kwargs).eval()
     ref_model.load_state_dict(model.state_dict())
     ref_model = ref_model.to(dtype=getattr(torch, dtype))  # as DiffSynth's loader does
+    exact_model = copy.deepcopy(ref_model).double()  # the same rounded weights, float64 arithmetic
     for name, (ids, mask) in cases.items():
         with torch.no_grad():
             refs = {"out": ref_model(ids, mask)}
+            exact = {"out": exact_model(ids, mask)}
             if mask is not None and mask.dim() == 2:
                 refs["prompt_emb"] = reference_encode_prompt(ref_model, ids, mask)
+                exact["prompt_emb"] = reference_encode_prompt(exact_model, ids, mask)
         for what, r in refs.items():
             assert r.dtype == getattr(torch, dtype)
             o = ours[f"{what}.{name}"]
@@ -117,9 +128,14 @@ def test_text_encoder_output(tmp_path, parity_bin, reference, dtype, fmt):
             print(f"{dtype} {fmt} {name} {what}: max abs diff {diff:.3g} (max|ref| {scale:.3g}), mean rel {mean_rel:.3g}")
             if dtype == "float32":
                 assert diff <= 1e-5 * scale, (name, what, diff, scale)
-            else:  # 2 ulps of the output scale: bf16 has 7 mantissa bits, fp16 10
-                assert diff <= 2 * 2 ** -(7 if dtype == "bfloat16" else 10) * scale, (name, what, diff, scale)
-                assert mean_rel <= 5e-4, (name, what, mean_rel)
+            else:  # bf16 has 7 mantissa bits, fp16 10
+                ulp = 2.0 ** (math.floor(math.log2(scale)) - (7 if dtype == "bfloat16" else 10))
+                ours_dev, ref_dev = (o.double() - exact[what]).abs(), (r.double() - exact[what]).abs()
+                ours_err, ref_err = ours_dev.max().item(), ref_dev.max().item()
+                print(f"    vs float64: max ours {ours_err / ulp:.2f} ulp, reference {ref_err / ulp:.2f} ulp;"
+                      f" mean ours {ours_dev.mean().item():.3g}, reference {ref_dev.mean().item():.3g}")
+                assert ours_err <= 1.5 * ref_err + ulp, (name, what, ours_err, ref_err)
+                assert ours_dev.mean().item() <= 1.1 * ref_dev.mean().item(), (name, what)
         if "prompt_emb" in refs:  # the zeroing really happened (past the shortest length, every row)
             n = int(mask.sum(1).min())
             assert ours[f"prompt_emb.{name}"][:, n:].abs().max().item() == 0
