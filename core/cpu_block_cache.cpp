@@ -8,8 +8,10 @@
 #include <cstdlib>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace diffsynth {
 
@@ -81,7 +83,7 @@ class CPUBlockCache final : public c10::Allocator {
   }
 
   void give_back(void* p) {
-    std::deque<void*> to_free;
+    std::vector<void*> to_free;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = live_.find(p);
@@ -92,26 +94,20 @@ class CPUBlockCache final : public c10::Allocator {
       } else {
         idle_.push_back({p, size});
         idle_bytes_ += size;
-        while (idle_bytes_ > limit_) {  // the least recently freed go first
-          to_free.push_back(idle_.front().ptr);
-          idle_bytes_ -= idle_.front().size;
-          idle_.pop_front();
-        }
+        take_idle_over(limit_, to_free);
       }
     }
     for (void* q : to_free) c10::free_cpu(q);
   }
 
-  void set_limit(std::size_t bytes) {
-    std::deque<void*> to_free;
+  // Frees idle blocks until at most `bound` bytes stay idle; with `new_limit`, it becomes the
+  // bound from now on.
+  void trim(std::size_t bound, std::optional<std::size_t> new_limit = std::nullopt) {
+    std::vector<void*> to_free;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      limit_ = bytes;
-      while (idle_bytes_ > limit_) {
-        to_free.push_back(idle_.front().ptr);
-        idle_bytes_ -= idle_.front().size;
-        idle_.pop_front();
-      }
+      if (new_limit) limit_ = *new_limit;
+      take_idle_over(bound, to_free);
     }
     for (void* q : to_free) c10::free_cpu(q);
   }
@@ -129,6 +125,14 @@ class CPUBlockCache final : public c10::Allocator {
     void* ptr;
     std::size_t size;
   };
+  // With mu_ held: the least recently freed idle blocks past `bound` bytes move to `out`.
+  void take_idle_over(std::size_t bound, std::vector<void*>& out) {
+    while (idle_bytes_ > bound) {
+      out.push_back(idle_.front().ptr);
+      idle_bytes_ -= idle_.front().size;
+      idle_.pop_front();
+    }
+  }
   std::mutex mu_;
   std::size_t limit_;
   std::deque<Block> idle_;  // in the order they were freed
@@ -157,15 +161,10 @@ void CPUBlockCache::deleter(void* p) { instance()->give_back(p); }
 
 }  // namespace
 
-void release_cpu_block_cache() {
-  auto* c = instance();
-  const auto limit = c->stats().limit_bytes;
-  c->set_limit(0);
-  c->set_limit(limit);
-}
+void release_cpu_block_cache() { instance()->trim(0); }
 
 CPUBlockCacheStats cpu_block_cache_stats() { return instance()->stats(); }
 
-void set_cpu_block_cache_limit(std::size_t bytes) { instance()->set_limit(bytes); }
+void set_cpu_block_cache_limit(std::size_t bytes) { instance()->trim(bytes, bytes); }
 
 }  // namespace diffsynth
