@@ -26,7 +26,7 @@ torch::Tensor to_rgb(const torch::Tensor& image);
 enum class Resample { Nearest, Bilinear, Bicubic, Lanczos };
 // PIL Image.resize((width, height), resample) on 8-bit images, bit for bit: separable filters
 // whose support widens with the downscale factor, 22-bit fixed-point weights, horizontal pass
-// first. Bicubic is PIL's default for resize. (PIL premultiplies RGBA by alpha for the filtered
+// first unless the height shrinks far more than the width (Pillow 13's order). Bicubic is PIL's default for resize. (PIL premultiplies RGBA by alpha for the filtered
 // modes; so does this.)
 torch::Tensor resize_pil(const torch::Tensor& image, std::int64_t width, std::int64_t height,
                          Resample resample = Resample::Bicubic);
