@@ -4,11 +4,13 @@
 #include <chrono>
 #include <cmath>
 #include <iostream>
+#include <sstream>
 
 #include "core/cpu_block_cache.h"
 #include "core/error.h"
 #include "core/tokenizer/text_cleaning.h"
 #include "core/vram/layers.h"
+#include "utils/image.h"
 #include "utils/lora/general.h"
 
 namespace diffsynth {
@@ -16,6 +18,27 @@ namespace {
 
 // The VAE's spatial factor: latents are 1/8 of the pixels (WanVideoVAE.upsampling_factor).
 constexpr std::int64_t kUpsampling = 8;
+// What the DiT's img_emb takes: CLIP ViT-H/14's 257 tokens (256 patches and the class token) of
+// width 1280 (MLP(1280, dim); the cross-attention splits the first 257 tokens off as the image's).
+constexpr std::int64_t kClipTokens = 257, kClipWidth = 1280;
+// The first frame's mask is repeated to fill its latent frame (the VAE's temporal factor).
+constexpr std::int64_t kTemporalFactor = 4;
+
+std::string shape_text(const torch::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes() << " " << t.scalar_type();
+  return s.str();
+}
+
+// A uint8 [H, W, 3] image within the pipeline's size bounds.
+void check_rgb_image(const torch::Tensor& t, const std::string& name, std::int64_t max_side) {
+  if (!t.defined()) return;
+  if (t.dim() != 3 || t.size(2) != 3 || t.scalar_type() != torch::kUInt8)
+    throw Error(name + " must be a uint8 [H, W, 3] RGB image, got " + shape_text(t));
+  if (t.size(0) < 1 || t.size(1) < 1 || t.size(0) > max_side || t.size(1) > max_side)
+    throw Error(name + " must be 1 to " + std::to_string(max_side) + " pixels on each side, got " + std::to_string(t.size(1)) +
+                "x" + std::to_string(t.size(0)));
+}
 
 }  // namespace
 
@@ -31,6 +54,7 @@ std::unique_ptr<WanVideoPipeline> WanVideoPipeline::from_model_pool(ModelPool& p
   if (dits.size() > 0) pipe->dit = dits[0];
   if (dits.size() > 1) pipe->dit2 = dits[1];
   pipe->vae = fetch_model_as<WanVideoVAEImpl>(pool, "wan_video_vae");
+  pipe->image_encoder = fetch_model_as<WanImageEncoderImpl>(pool, "wan_video_image_encoder");
   // The reference: height/width division factor = vae.upsampling_factor * 2.
   pipe->height_division_factor = pipe->width_division_factor = kUpsampling * 2;
   if (!tokenizer_dir.empty()) pipe->tokenizer = std::make_shared<UnigramTokenizer>(UnigramTokenizer::from_dir(tokenizer_dir));
@@ -42,6 +66,7 @@ void WanVideoPipeline::load_models_to_device(const std::vector<std::string>& nam
   if (text_encoder) models.emplace_back("text_encoder", text_encoder.get());
   if (dit) models.emplace_back("dit", dit.get());
   if (dit2) models.emplace_back("dit2", dit2.get());
+  if (image_encoder) models.emplace_back("image_encoder", image_encoder.get());
   if (vae) models.emplace_back("vae", vae.get());
   BasePipeline::load_models_to_device(models, names);
 }
@@ -57,6 +82,52 @@ torch::Tensor WanVideoPipeline::encode_prompt(const std::string& prompt) {
   return text_encoder->encode_prompt(ids, mask);
 }
 
+torch::Tensor WanVideoPipeline::encode_image_vae(const torch::Tensor& input_image, const torch::Tensor& end_image,
+                                                 std::int64_t num_frames, std::int64_t height, std::int64_t width, bool tiled,
+                                                 const WanVAETiling& tiling) {
+  if (!vae) throw Error("Wan pipeline: no wan_video_vae model loaded (pass Wan2.1_VAE.pth)");
+  load_models_to_device({"vae"});
+  const auto frame = [&](const torch::Tensor& image) {  // [3, 1, H, W] in the pipeline dtype
+    return preprocess_image(resize_pil(image, width, height)).transpose(0, 1);
+  };
+  const std::int64_t h = height / kUpsampling, w = width / kUpsampling;
+  auto msk = torch::ones({1, num_frames, h, w}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  msk.slice(1, 1).zero_();
+  const auto black = [&](std::int64_t frames) {
+    return torch::zeros({3, frames, height, width}, torch::TensorOptions().dtype(dtype).device(device));
+  };
+  torch::Tensor vae_input;
+  if (end_image.defined()) {
+    vae_input = torch::cat({frame(input_image), black(num_frames - 2), frame(end_image)}, 1);
+    msk.slice(1, num_frames - 1).fill_(1);
+  } else {
+    vae_input = torch::cat({frame(input_image), black(num_frames - 1)}, 1);
+  }
+  // [1, F, h, w] -> the first frame 4x -> [4, F' = (F + 3) / 4, h, w]: one mask channel per frame
+  // of a latent frame.
+  msk = torch::cat({torch::repeat_interleave(msk.slice(1, 0, 1), kTemporalFactor, 1), msk.slice(1, 1)}, 1);
+  msk = msk.view({1, msk.size(1) / kTemporalFactor, kTemporalFactor, h, w}).transpose(1, 2)[0];
+  auto y = vae->encode_video(vae_input.unsqueeze(0), tiled ? std::optional<WanVAETiling>(tiling) : std::nullopt)[0];
+  return torch::cat({msk.to(dtype), y.to(device, dtype)}, 0).unsqueeze(0);
+}
+
+torch::Tensor WanVideoPipeline::encode_image_clip(const torch::Tensor& input_image, const torch::Tensor& end_image,
+                                                  std::int64_t height, std::int64_t width) {
+  if (!image_encoder)
+    throw Error("Wan pipeline: no wan_video_image_encoder model loaded (pass "
+                "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth)");
+  load_models_to_device({"image_encoder"});
+  const auto features = [&](const torch::Tensor& image) {
+    return image_encoder->encode_image(preprocess_image(resize_pil(image, width, height)));
+  };
+  auto clip_context = features(input_image);
+  // FLF2V: the last frame's features follow the first's (img_emb adds its 514-token position
+  // embedding); a DiT without one conditions its CLIP input on the first frame only.
+  if (end_image.defined() && dit && dit->config.has_image_pos_emb)
+    clip_context = torch::cat({clip_context, features(end_image)}, 1);
+  return clip_context.to(device, dtype);
+}
+
 void WanVideoPipeline::check_inputs(const WanVideoInputs& in) {
   if (in.num_inference_steps < 1 || in.num_inference_steps > 10000)
     throw Error("num_inference_steps must be in [1, 10000], got " + std::to_string(in.num_inference_steps));
@@ -65,6 +136,13 @@ void WanVideoPipeline::check_inputs(const WanVideoInputs& in) {
                 "x" + std::to_string(in.height));
   if (in.num_frames < 1 || in.num_frames > kMaxFrames)
     throw Error("num_frames must be in [1, " + std::to_string(kMaxFrames) + "], got " + std::to_string(in.num_frames));
+  check_rgb_image(in.input_image, "input_image", kMaxSide);
+  check_rgb_image(in.end_image, "end_image", kMaxSide);
+  if (in.end_image.defined() && !in.input_image.defined())
+    throw Error("end_image needs input_image (first-last-frame video: both ends are given)");
+  // num_frames rounds up to 4k + 1: only 1 stays 1, and one frame cannot be both ends.
+  if (in.end_image.defined() && in.num_frames < 2)
+    throw Error("end_image needs num_frames >= 2 (the first and the last frame are different frames), got 1");
   check_in_range(in.cfg_scale, -kMaxGuidance, kMaxGuidance, "cfg_scale");
   // shift s maps sigma to s * sigma / (1 + (s - 1) * sigma): s <= 0 leaves no noise schedule.
   check_in_range(in.sigma_shift, 0, kMaxShift, "sigma_shift", /*lo_open=*/true);
@@ -75,6 +153,42 @@ void WanVideoPipeline::check_inputs(const WanVideoInputs& in) {
       throw Error("VAE tiling: tile sizes and strides must be >= 1 and each stride at most its tile size, got tile " +
                   std::to_string(t.tile_h) + "x" + std::to_string(t.tile_w) + ", stride " + std::to_string(t.stride_h) +
                   "x" + std::to_string(t.stride_w));
+  }
+}
+
+void WanVideoPipeline::check_model_inputs(const WanVideoInputs& in) const {
+  if (!vae) throw Error("Wan pipeline: no wan_video_vae model loaded (pass Wan2.1_VAE.pth)");
+  const std::int64_t z = vae->config.z_dim;
+  for (const WanModelImpl* d : {dit.get(), dit2.get()}) {
+    if (!d) continue;
+    const auto& c = d->config;
+    const std::string which = d == dit2.get() ? "the low-noise DiT (dit2)" : dit2 ? "the high-noise DiT" : "the DiT";
+    const std::string in_dim = "in_dim " + std::to_string(c.in_dim);
+    if (c.fuse_vae_embedding_in_latents)
+      throw Error("Wan pipeline: " + which +
+                  " fuses the first frame into the latents (Wan2.2 TI2V-5B); this pipeline does not run it yet");
+    const bool image_latents = c.require_vae_embedding && c.in_dim == 2 * z + 4;
+    if (c.in_dim != z && !image_latents)
+      throw Error("Wan pipeline: " + which + " takes " + in_dim + " input channels: neither text-to-video (the VAE's " +
+                  std::to_string(z) + " latent channels) nor image-to-video (" + std::to_string(2 * z + 4) +
+                  ": latents, 4 mask channels, image latents); its other inputs (control video, reference image) are "
+                  "not in this pipeline yet");
+    if (image_latents && !in.input_image.defined())
+      throw Error("Wan pipeline: " + which + " is an image-to-video model (" + in_dim +
+                  "): it needs an input image (the first frame; --input-image)");
+    if (!image_latents && in.input_image.defined())
+      throw Error("Wan pipeline: " + which + " is a text-to-video model (" + in_dim + "): it takes no input image (--input-image, --end-image)");
+    if (c.has_image_input && c.require_clip_embedding) {
+      if (!image_encoder)
+        throw Error("Wan pipeline: " + which +
+                    " conditions on the input image's CLIP features: load the image encoder (wan_video_image_encoder, "
+                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth)");
+      const auto& e = image_encoder->config;
+      if (e.vision_dim != kClipWidth || e.num_patches() + 1 != kClipTokens)
+        throw Error("Wan pipeline: the image encoder makes " + std::to_string(e.num_patches() + 1) + " tokens of width " +
+                    std::to_string(e.vision_dim) + "; " + which + " takes " + std::to_string(kClipTokens) + " of width " +
+                    std::to_string(kClipWidth) + " (CLIP ViT-H/14)");
+    }
   }
 }
 
@@ -122,6 +236,7 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
     throw Error("Wan pipeline: the two DiTs do not fit together (in_dim " + std::to_string(dit->config.in_dim) + " / " +
                 std::to_string(dit2->config.in_dim) + ", text_dim " + std::to_string(dit->config.text_dim) + " / " +
                 std::to_string(dit2->config.text_dim) + ")");
+  check_model_inputs(in);
   FlowMatchOptions shift;
   shift.shift = in.sigma_shift;
   scheduler.set_timesteps(in.num_inference_steps, /*denoising_strength=*/1.0, shift);
@@ -147,6 +262,16 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
     context_nega = encode_prompt(in.negative_prompt);
     check_finite(context_nega, "the negative prompt embeddings");
   }
+  // ImageEmbedderVAE, then ImageEmbedderCLIP (check_model_inputs made sure the DiT takes them).
+  torch::Tensor y, clip_feature;
+  if (in.input_image.defined()) {
+    y = encode_image_vae(in.input_image, in.end_image, num_frames, height, width, in.tiled, in.tiling);
+    check_finite(y, "the input image's VAE latents");
+    if (dit->config.has_image_input && dit->config.require_clip_embedding) {
+      clip_feature = encode_image_clip(in.input_image, in.end_image, height, width);
+      check_finite(clip_feature, "the input image's CLIP features");
+    }
+  }
   out.encode_seconds = seconds_since(t_stage);
   t_stage = clock::now();
 
@@ -165,6 +290,8 @@ WanVideoOutput WanVideoPipeline::operator()(const WanVideoInputs& in, std::ostre
     }
     WanDiTInputs dit_in;
     dit_in.latents = latents;
+    dit_in.y = y;
+    dit_in.clip_feature = clip_feature;
     dit_in.timestep = scheduler.timesteps[progress_id].unsqueeze(0).to(device, dtype);
     auto noise_pred = cfg_guided(
         in.cfg_scale,

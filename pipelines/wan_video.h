@@ -1,11 +1,12 @@
-// Wan2.1 text-to-video (reference: diffsynth/pipelines/wan_video.py, WanVideoPipeline).
-// The units that act on text-to-video, in the reference's order: ShapeChecker (sizes to
-// multiples of 16, frames to 4k + 1), NoiseInitializer (float32 CPU noise of the latent shape),
-// PromptEmbedder (positive, then negative); then the denoising loop (FlowMatchScheduler "Wan"
-// with sigma_shift, true CFG; Wan2.2 A14B's two experts: `dit` above switch_DiT_boundary, `dit2`
-// below) and the VAE decode, tiled by default. Image-to-video, video-to-video, VACE,
-// camera/motion control, TeaCache and sequence parallelism are not in this pipeline yet (the
-// DiT's model_fn takes their inputs).
+// Wan text- and image-to-video (reference: diffsynth/pipelines/wan_video.py, WanVideoPipeline).
+// The units that act on these, in the reference's order: ShapeChecker (sizes to multiples of
+// 16, frames to 4k + 1), NoiseInitializer (float32 CPU noise of the latent shape),
+// PromptEmbedder (positive, then negative), ImageEmbedderVAE (the masked first - and last -
+// frame latents `y`), ImageEmbedderCLIP (the CLIP features of those frames); then the denoising
+// loop (FlowMatchScheduler "Wan" with sigma_shift, true CFG; Wan2.2 A14B's two experts: `dit`
+// above switch_DiT_boundary, `dit2` below) and the VAE decode, tiled by default.
+// Video-to-video, VACE, TI2V-5B's fused first frame, camera/motion control, TeaCache and
+// sequence parallelism are not in this pipeline yet (the DiT's model_fn takes their inputs).
 #pragma once
 #include <torch/torch.h>
 
@@ -19,6 +20,7 @@
 #include "diffusion/flow_match.h"
 #include "models/model_loader.h"
 #include "models/wan_video_dit.h"
+#include "models/wan_video_image_encoder.h"
 #include "models/wan_video_text_encoder.h"
 #include "models/wan_video_vae.h"
 
@@ -37,6 +39,10 @@ struct WanVideoInputs {
   // VAE tiling, latent pixels (the pipeline's defaults, not WanVideoVAE's own).
   bool tiled = true;
   WanVAETiling tiling{30, 52, 15, 26};
+  // Image-to-video (Wan2.1 I2V, FLF2V, Wan2.2 A14B I2V): the first frame and, first-last-frame,
+  // the last; uint8 [H, W, 3] of any size, resized to the video's as PIL's Image.resize
+  // (bicubic) does. end_image needs input_image.
+  torch::Tensor input_image, end_image;
 };
 
 struct WanVideoOutput {
@@ -70,6 +76,12 @@ class WanVideoPipeline : public BasePipeline {
   // What needs no model: sizes, frames, steps, CFG scale, shift and tiling in range. operator()
   // runs it first; callers run it before loading so bad input fails at once.
   static void check_inputs(const WanVideoInputs& in);
+  // What needs the models: the inputs the DiT(s) take and the models they need. An image-to-video
+  // DiT (in_dim = 2 z_dim + 4: the latents, 4 mask channels and the image latents) needs
+  // input_image; a text-to-video one (in_dim = z_dim) takes none; one with CLIP image input
+  // (has_image_input) needs the image encoder. The reference instead fails inside a convolution
+  // or, without an image encoder, silently conditions on no image. operator() runs it first.
+  void check_model_inputs(const WanVideoInputs& in) const;
   // About how many bytes a run needs besides the weights: the largest stage's activations (a DiT
   // block over every token, the VAE decode of one tile or of the frame, the video buffers).
   // Without model configs only the pixel and latent buffers count: a floor.
@@ -81,15 +93,26 @@ class WanVideoPipeline : public BasePipeline {
   // tokens with </s>, through the text encoder, positions past the prompt zeroed:
   // [1, 512, dim] in the text encoder's dtype, on the pipeline device.
   torch::Tensor encode_prompt(const std::string& prompt);
+  // WanVideoUnit_ImageEmbedderVAE: the first frame (and with end_image the last) at the video
+  // size, the frames between them black, through the VAE encoder (tiled as the decode is); in
+  // front, the 4-channel frame mask (1 on the given frames, the first repeated 4x to fill its
+  // latent frame): y = [1, 4 + z_dim, latent frames, H/8, W/8] in the pipeline dtype.
+  torch::Tensor encode_image_vae(const torch::Tensor& input_image, const torch::Tensor& end_image, std::int64_t num_frames,
+                                 std::int64_t height, std::int64_t width, bool tiled, const WanVAETiling& tiling);
+  // WanVideoUnit_ImageEmbedderCLIP: the CLIP features of the first frame [1, 257, 1280] (with
+  // end_image and a DiT with has_image_pos_emb, the last frame's appended: [1, 514, 1280]).
+  torch::Tensor encode_image_clip(const torch::Tensor& input_image, const torch::Tensor& end_image, std::int64_t height,
+                                  std::int64_t width);
 
   FlowMatchScheduler scheduler{"Wan"};
   std::shared_ptr<WanTextEncoderImpl> text_encoder;
   std::shared_ptr<WanModelImpl> dit, dit2;
   std::shared_ptr<WanVideoVAEImpl> vae;
+  std::shared_ptr<WanImageEncoderImpl> image_encoder;
   std::shared_ptr<UnigramTokenizer> tokenizer;
 
   // The reference's load_models_to_device: with VRAM management, models not named are
-  // offloaded and the named ones onloaded ("text_encoder", "dit", "dit2", "vae").
+  // offloaded and the named ones onloaded ("text_encoder", "image_encoder", "dit", "dit2", "vae").
   void load_models_to_device(const std::vector<std::string>& names);
 };
 

@@ -42,13 +42,6 @@ std::optional<ModelPaths> role_folder(const fs::path& dir, const char* role) {
   return expand_model_paths({sub.string()});
 }
 
-torch::Tensor load_image_rgb(const std::string& path, const char* what) {
-  try {
-    return to_rgb(read_png(path));
-  } catch (const Error& e) {
-    throw Error(std::string(what) + " " + e.what());
-  }
-}
 
 // The output size unless the image already has it: resized as PIL's Image.resize (bicubic).
 torch::Tensor fit(const torch::Tensor& image, std::int64_t width, std::int64_t height, const std::string& what,
@@ -91,6 +84,14 @@ void print_timings(double load, double encode, double denoise, std::int64_t step
                "peak RSS %.2f GiB\n",
                load, encode, denoise, static_cast<long long>(steps), denoise / static_cast<double>(steps), decode,
                peak_rss_bytes() / (1 << 30));
+}
+
+torch::Tensor load_image_rgb(const std::string& path, const char* what) {
+  try {
+    return to_rgb(read_png(path));
+  } catch (const Error& e) {
+    throw Error(std::string(what) + " " + e.what());
+  }
 }
 
 void warn_unused(bool quiet, const std::string& message) {
@@ -139,7 +140,9 @@ void add_generate_options(CLI::App& g, GenerateArgs& a) {
                "default: the tiny random-weight Qwen-Image the build writes");
   g.add_option("--tokenizer", a.tokenizer,
                "Folder with tokenizer.json (default: the model folder's tokenizer/ or google/umt5-xxl/, else the bundled one)");
-  g.add_option("-i,--input-image", a.input_image, "img2img: start from this PNG (resized to the output size)");
+  g.add_option("-i,--input-image", a.input_image,
+               "img2img: start from this PNG; Wan image-to-video: the first frame (resized to the output size)");
+  g.add_option("--end-image", a.end_image, "Wan first-last-frame-to-video: the last frame PNG (with --input-image)");
   g.add_option("--strength", a.strength, "img2img denoising strength in (0, 1] (default 1; needs --input-image)")
       ->check(finite_in(0, 1, /*lo_open=*/true));
   g.add_option("--mask", a.mask, "Inpaint mask PNG (white = repaint); needs --input-image");
@@ -178,7 +181,7 @@ int generate_image(const GenerateArgs& a, GenerateModels models, std::chrono::st
   for (const auto& [given, name] : std::initializer_list<std::pair<bool, const char*>>{
            {a.num_frames.has_value(), "--num-frames"}, {a.fps.has_value(), "--fps"},
            {a.sigma_shift.has_value(), "--sigma-shift"}, {a.quality.has_value(), "--quality"},
-           {a.switch_boundary.has_value(), "--switch-boundary"},
+           {a.switch_boundary.has_value(), "--switch-boundary"}, {!a.end_image.empty(), "--end-image"},
            {!a.frames_dir.empty(), "--frames-dir"}, {a.no_tiled, "--no-tiled"}})
     if (given)
       throw Error(std::string(name) + " is a video option: the identified DiT (qwen_image_dit, Qwen-Image) makes images");

@@ -34,6 +34,7 @@ struct GenerateArgs {
   std::vector<std::string> models;  // files or folders (a folder = one sharded checkpoint)
   std::string model_dir, tokenizer;
   std::string input_image, mask;
+  std::string end_image;  // Wan first-last-frame-to-video
   std::optional<double> strength;  // img2img only
   std::optional<std::int64_t> blur_size;
   std::optional<double> blur_sigma;
@@ -69,6 +70,8 @@ int generate_video(const GenerateArgs& args, const GenerateModels& models, std::
 std::optional<GenerateModels> wan_model_folder(const std::string& dir);
 // "diffsynth: warning: <message>" unless quiet: an option that does nothing here.
 void warn_unused(bool quiet, const std::string& message);
+// A PNG as uint8 RGB [H, W, 3]; a bad file is an Error naming `what` (the option) and the path.
+torch::Tensor load_image_rgb(const std::string& path, const char* what);
 // What both pipelines record and print: the loaded models ([{model_name, path}]) for the output's
 // parameters, and the "diffsynth: timings:" line (bench/ parses it).
 nlohmann::ordered_json pool_models_json(const ModelPool& pool);

@@ -1,4 +1,4 @@
-// `diffsynth generate` on a Wan DiT: Wan2.1 text-to-video to an H.264 file (and PNG frames).
+// `diffsynth generate` on a Wan DiT: text- or image-to-video to an H.264 file (and PNG frames).
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -74,6 +74,9 @@ std::optional<GenerateModels> wan_model_folder(const std::string& dir_arg) {
   const auto text_encoder =
       first_present(dir, {"models_t5_umt5-xxl-enc-bf16.pth", "models_t5_umt5-xxl-enc-bf16.safetensors"});
   const auto vae = first_present(dir, {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
+  // Wan2.1 I2V / FLF2V: the CLIP image encoder (optional: text-to-video folders have none).
+  const auto image_encoder = first_present(dir, {"models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                                                 "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors"});
   if (dit_empty && !text_encoder && !vae) return std::nullopt;
   const std::string where = "--model-dir " + dir_arg + " (a Wan folder): ";
   if (dit_empty) throw Error(where + "no DiT (diffusion_pytorch_model*.safetensors)");
@@ -84,6 +87,7 @@ std::optional<GenerateModels> wan_model_folder(const std::string& dir_arg) {
   for (auto& d : dits) m.files.push_back(d);
   m.files.push_back({text_encoder->string()});
   m.files.push_back({vae->string()});
+  if (image_encoder) m.files.push_back({image_encoder->string()});
   if (fs::is_directory(dir / "google" / "umt5-xxl", ec)) m.tokenizer = (dir / "google" / "umt5-xxl").string();
   return m;
 }
@@ -94,14 +98,13 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   const auto device = parse_device(a.device);
   const std::optional<std::uint64_t> seed = a.seed.empty() ? std::nullopt : parse_seed(a.seed);
   for (const auto& [given, name] : std::initializer_list<std::pair<bool, const char*>>{
-           {!a.input_image.empty(), "--input-image"}, {!a.mask.empty(), "--mask"},
+           {!a.mask.empty(), "--mask"},
            {a.strength.has_value(), "--strength"}, {a.blur_size.has_value(), "--blur-size"},
            {a.blur_sigma.has_value(), "--blur-sigma"}, {!a.controlnets.empty(), "--controlnet"},
            {!a.control_images.empty(), "--control-image"}, {!a.control_scales.empty(), "--control-scale"},
            {a.exponential_shift_mu.has_value(), "--exponential-shift-mu"}, {a.tiled, "--tiled"}})
     if (given)
-      throw Error(std::string(name) + " is not an option of the Wan2.1 text-to-video pipeline (the identified DiT is "
-                                      "wan_video_dit)" +
+      throw Error(std::string(name) + " is not an option of the Wan video pipeline (the identified DiT is wan_video_dit)" +
                   (std::string(name) == "--tiled" ? ": it tiles by default, --no-tiled turns that off" : ""));
   WanVideoInputs in;
   in.prompt = a.prompt;
@@ -115,6 +118,10 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   in.sigma_shift = a.sigma_shift.value_or(in.sigma_shift);
   in.tiled = !a.no_tiled;
   if (a.switch_boundary) in.switch_DiT_boundary = *a.switch_boundary;
+  if (!a.end_image.empty() && a.input_image.empty())
+    throw Error("--end-image needs --input-image (first-last-frame-to-video: the first frame too)");
+  if (!a.input_image.empty()) in.input_image = load_image_rgb(a.input_image, "--input-image");
+  if (!a.end_image.empty()) in.end_image = load_image_rgb(a.end_image, "--end-image");
   const double fps = a.fps.value_or(15.0);
   const int quality = a.quality.value_or(kDefaultVideoQuality);
   const std::string output = a.output.empty() ? "output.mp4" : a.output;
@@ -151,14 +158,11 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   const std::string hint = models.model_dir.empty() ? " among the --model files" : " in --model-dir " + models.model_dir;
   if (!pipe->text_encoder) throw Error(std::string("no Wan text encoder (wan_video_text_encoder)") + hint);
   if (!pipe->vae) throw Error(std::string("no Wan VAE (wan_video_vae)") + hint);
-  if (pipe->dit->config.in_dim != pipe->vae->config.z_dim || pipe->dit->config.has_image_input ||
-      pipe->dit->config.fuse_vae_embedding_in_latents)
-    throw Error("the Wan DiT" + hint + " is an image-to-video model (in_dim " + std::to_string(pipe->dit->config.in_dim) +
-                "); this pipeline runs text-to-video only so far");
   if (a.switch_boundary && !pipe->dit2)
     warn_unused(a.quiet, "--switch-boundary has no effect with one DiT (it switches Wan2.2 A14B's two experts)");
-  if (pipe->dit2 && (pipe->dit2->config.in_dim != pipe->vae->config.z_dim || pipe->dit2->config.has_image_input))
-    throw Error("the second Wan DiT" + hint + " is an image-to-video model; this pipeline runs text-to-video only so far");
+  // What the DiT(s) take (an image-to-video model needs --input-image, a text-to-video one takes
+  // none, a CLIP-conditioned one the image encoder), before any LoRA or denoising work.
+  pipe->check_model_inputs(in);
   if (pipe->dit->config.text_dim != pipe->text_encoder->config.dim)
     throw Error("the Wan DiT takes " + std::to_string(pipe->dit->config.text_dim) + "-wide text embeddings, the text encoder" +
                 hint + " makes " + std::to_string(pipe->text_encoder->config.dim));
@@ -183,6 +187,8 @@ int generate_video(const GenerateArgs& a, const GenerateModels& models, std::chr
   params["num_frames"] = result.num_frames;
   params["fps"] = fps;
   params["tiled"] = in.tiled;
+  if (!a.input_image.empty()) params["input_image"] = a.input_image;
+  if (!a.end_image.empty()) params["end_image"] = a.end_image;
   if (pipe->dit2) params["switch_DiT_boundary"] = in.switch_DiT_boundary;
   params["models"] = pool_models_json(pool);
   if (!lora_info.empty()) params["loras"] = lora_info;

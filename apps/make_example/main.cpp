@@ -16,6 +16,14 @@
 // in the file's own key layout, float32); each carries its config entry (safetensors metadata, or
 // the .pth record diffsynth_model_config). The tokenizer (google/umt5-xxl/) is copied by the build.
 //
+// diffsynth_make_example --tiny-wan-i2v DIR
+// The image-to-video parts of a tiny Wan2.1-I2V folder: DIR/diffusion_pytorch_model.safetensors
+// (WanModel with has_image_input, in_dim 36, float32), DIR/flf2v/diffusion_pytorch_model.safetensors
+// (the same with has_image_pos_emb: first-last-frame) and
+// DIR/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (WanImageEncoder at width 1280 and
+// 257 tokens, what img_emb takes, with one block, bf16). The build copies tiny-wan's text
+// encoder, VAE and tokenizer next to them.
+//
 // diffsynth_make_example --qwen-image-dit OUT.safetensors NUM_LAYERS
 // Writes the Qwen-Image DiT at full width with NUM_LAYERS blocks, random bf16 weights and its
 // config in the metadata: the reduced DiT the VRAM benchmarks run (no Python needed, e.g. on a
@@ -108,6 +116,27 @@ void make_tiny_wan(const std::filesystem::path& dir) {
              [](const std::string& k) { return k.rfind("model.", 0) == 0 ? k.substr(6) : k; }, torch::kFloat32);
 }
 
+void make_tiny_wan_i2v(const std::filesystem::path& dir) {
+  torch::manual_seed(1);
+  nlohmann::ordered_json dit = {{"has_image_input", true}, {"patch_size", {1, 2, 2}}, {"in_dim", 36}, {"dim", 64},
+                                {"ffn_dim", 128}, {"freq_dim", 32}, {"text_dim", 32}, {"out_dim", 16}, {"num_heads", 2},
+                                {"num_layers", 2}, {"eps", 1e-6}};
+  const char* dit_class = "diffsynth.models.wan_video_dit.WanModel";
+  write_tiny(dir / "diffusion_pytorch_model.safetensors", "wan_video_dit", dit_class, dit, nullptr, {}, torch::kFloat32);
+  dit["has_image_pos_emb"] = true;
+  write_tiny(dir / "flf2v" / "diffusion_pytorch_model.safetensors", "wan_video_dit", dit_class, dit, nullptr, {},
+             torch::kFloat32);
+  // The file names the CLIP's tensors without the "model." the converter adds. Width and token
+  // count are the real ones (the DiT's img_emb takes 257 x 1280): 112 / 7 = 16 patches a side;
+  // a thin MLP and one block (vision_layers - 1 run) keep it small.
+  write_tiny(dir / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "wan_video_image_encoder",
+             "diffsynth.models.wan_video_image_encoder.WanImageEncoder",
+             {{"embed_dim", 32}, {"image_size", 112}, {"patch_size", 7}, {"vision_dim", 1280}, {"vision_mlp_ratio", 0.25},
+              {"vision_heads", 10}, {"vision_layers", 2}},
+             "diffsynth.utils.state_dict_converters.wan_video_image_encoder.WanImageEncoderStateDictConverter",
+             [](const std::string& k) { return k.rfind("model.", 0) == 0 ? k.substr(6) : k; });
+}
+
 void make_tiny_qwen_image(const std::filesystem::path& dir) {
   torch::manual_seed(0);
   // Widths are the smallest the architectures allow: the text encoder's head dim is fixed at
@@ -144,9 +173,11 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  if (argc == 3 && (std::string(argv[1]) == "--tiny-qwen-image" || std::string(argv[1]) == "--tiny-wan")) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (argc == 3 && (mode == "--tiny-qwen-image" || mode == "--tiny-wan" || mode == "--tiny-wan-i2v")) {
     try {
-      if (std::string(argv[1]) == "--tiny-wan") make_tiny_wan(argv[2]);
+      if (mode == "--tiny-wan") make_tiny_wan(argv[2]);
+      else if (mode == "--tiny-wan-i2v") make_tiny_wan_i2v(argv[2]);
       else make_tiny_qwen_image(argv[2]);
     } catch (const std::exception& e) {
       std::cerr << "diffsynth_make_example: error: " << e.what() << "\n";
@@ -157,6 +188,7 @@ int main(int argc, char** argv) {
   if (argc < 2 || argc > 3) {
     std::cerr << "usage: diffsynth_make_example OUT.safetensors [MODEL_HASH]\n       diffsynth_make_example --tiny-qwen-image DIR\n"
                  "       diffsynth_make_example --tiny-wan DIR\n"
+                 "       diffsynth_make_example --tiny-wan-i2v DIR\n"
                  "       diffsynth_make_example --qwen-image-dit OUT.safetensors NUM_LAYERS\n";
     return 2;
   }

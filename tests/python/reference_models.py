@@ -95,6 +95,19 @@ def reduced_wan_text_encoder(vocab=1000, dim=64, dim_attn=64, dim_ffn=160, num_h
 
 
 @contextlib.contextmanager
+def reduced_clip(**kw):
+    """While active, WanImageEncoder() builds its CLIP with these keyword arguments (its __init__
+    calls clip_xlm_roberta_vit_h_14 with the real sizes)."""
+    import diffsynth.models.wan_video_image_encoder as wie
+    real = wie.clip_xlm_roberta_vit_h_14
+    wie.clip_xlm_roberta_vit_h_14 = lambda **a: real(**a, **kw)
+    try:
+        yield
+    finally:
+        wie.clip_xlm_roberta_vit_h_14 = real
+
+
+@contextlib.contextmanager
 def _reduced_video_vae(**kw):
     """While active, WanVideoVAE() builds its VideoVAE_ with these keyword arguments (its
     __init__ hard-codes VideoVAE_(z_dim=z_dim), dim 96)."""

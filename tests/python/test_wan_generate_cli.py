@@ -94,7 +94,7 @@ def test_errors_are_one_line(tmp_path, diffsynth_bin, tiny_dir):
     d = ["--model-dir", tiny_dir]
     # Options the Wan pipeline cannot take, and video options on a Qwen-Image DiT.
     one_line_error(run([diffsynth_bin, "generate"] + d + ["--mask", tmp_path / "m.png"], check=False),
-                   "--mask", "Wan2.1 text-to-video")
+                   "--mask", "Wan video pipeline")
     one_line_error(run([diffsynth_bin, "generate"] + d + ["--controlnet", f"{tiny_dir}/Wan2.1_VAE.pth"], check=False),
                    "--controlnet")
     one_line_error(run([diffsynth_bin, "generate", "-q", "--num-frames", 9], check=False), "--num-frames", "qwen_image_dit")
@@ -125,6 +125,34 @@ def test_folder_missing_role_or_unreadable_file(tmp_path, diffsynth_bin, tiny_di
     one_line_error(run([diffsynth_bin, "generate", "--model", f"{tiny_dir}/diffusion_pytorch_model.safetensors",
                         "--model", f"{tiny_dir}/Wan2.1_VAE.pth", "-o", tmp_path / "o.mp4"] + SMALL, check=False),
                    "no Wan text encoder")
+
+
+def test_image_inputs_the_model_cannot_take(tmp_path, diffsynth_bin, tiny_dir):
+    # Image-to-video inputs: a model that cannot take them, or one that needs them, is one line
+    # after loading; a missing first frame or an unreadable PNG before it.
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 40, 90)).save(tmp_path / "first.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    i2v = tiny_dir + "-i2v"
+    one_line_error(run([diffsynth_bin, "generate", "--model-dir", tiny_dir, "-i", tmp_path / "first.png",
+                        "-o", tmp_path / "o.mp4"] + SMALL, check=False), "text-to-video model (in_dim 16)", "--input-image")
+    one_line_error(run([diffsynth_bin, "generate", "--model-dir", i2v, "-o", tmp_path / "o.mp4"] + SMALL, check=False),
+                   "image-to-video model (in_dim 36)", "--input-image")
+    one_line_error(run([diffsynth_bin, "generate", "--model-dir", i2v, "--end-image", tmp_path / "first.png"] + SMALL,
+                       check=False), "--end-image needs --input-image")
+    one_line_error(run([diffsynth_bin, "generate", "--model-dir", i2v, "-i", tmp_path / "broken.png"] + SMALL,
+                       check=False), "--input-image", "broken.png")
+    # The I2V DiT without the CLIP file: the reference would run without its image conditioning.
+    no_clip = ["--model", f"{i2v}/diffusion_pytorch_model.safetensors", "--model", f"{i2v}/models_t5_umt5-xxl-enc-bf16.pth",
+               "--model", f"{i2v}/Wan2.1_VAE.pth", "--tokenizer", f"{i2v}/google/umt5-xxl"]
+    one_line_error(run([diffsynth_bin, "generate"] + no_clip + ["-i", tmp_path / "first.png", "-o", tmp_path / "o.mp4"] +
+                       SMALL, check=False), "image encoder", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    # And it runs with --input-image, recording the image in the video's parameters.
+    p, lat = generate(diffsynth_bin, tmp_path, ["--model-dir", i2v, "-i", tmp_path / "first.png"], "i2v")
+    assert lat.shape[1] == 16
+    tags = run(["ffprobe", "-v", "error", "-show_entries", "format_tags=comment", "-of", "default=nw=1:nk=1",
+                tmp_path / "i2v.mp4"]).stdout
+    assert "first.png" in tags, tags
 
 
 def test_switch_boundary_without_a_second_expert_warns(tmp_path, diffsynth_bin, tiny_dir):

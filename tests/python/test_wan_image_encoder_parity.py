@@ -30,6 +30,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import reference_models
 from conftest import run
 
 HASH = "5941c53e207d62f20f9025686193c40b"
@@ -42,25 +43,12 @@ CONFIGS = {
 }
 
 
-@contextlib.contextmanager
-def _reduced_clip(**kw):
-    """While active, WanImageEncoder() builds its CLIP with these keyword arguments (its __init__
-    calls clip_xlm_roberta_vit_h_14 with the real sizes)."""
-    import diffsynth.models.wan_video_image_encoder as wie
-    real = wie.clip_xlm_roberta_vit_h_14
-    wie.clip_xlm_roberta_vit_h_14 = lambda **a: real(**a, **kw)
-    try:
-        yield
-    finally:
-        wie.clip_xlm_roberta_vit_h_14 = real
-
-
 def reduced_wan_image_encoder(kwargs, seed=0):
     """The reference WanImageEncoder at reduced sizes, in eval mode, with unit-gain random weights
     (activations O(1) at every depth): norm weights 1 + 0.1 N, biases 0.05 N, matrices and the conv
     N(0, 1 / fan_in), cls / pos embeddings 0.5 N."""
     from diffsynth.models.wan_video_image_encoder import WanImageEncoder
-    with _reduced_clip(**kwargs):
+    with reference_models.reduced_clip(**kwargs):
         m = WanImageEncoder().eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -64,9 +64,9 @@ def tokenizer(tiny_dir):
     return HuggingfaceTokenizer(name=f"{tiny_dir}/google/umt5-xxl", seq_len=512, clean="whitespace")
 
 
-def reference_pipe(tiny_dir, tokenizer, dtype):
-    dit = WanModel(**DIT)  # not on meta: its RoPE table (freqs) is a plain attribute built here
-    dit.load_state_dict(load_file(f"{tiny_dir}/diffusion_pytorch_model.safetensors"))
+def reference_pipe(tiny_dir, tokenizer, dtype, dit_kwargs=DIT, dit_file="diffusion_pytorch_model.safetensors"):
+    dit = WanModel(**dit_kwargs)  # not on meta: its RoPE table (freqs) is a plain attribute built here
+    dit.load_state_dict(load_file(f"{tiny_dir}/{dit_file}"))
     te = WanTextEncoder(**TEXT).eval()
     te.load_state_dict(torch.load(f"{tiny_dir}/models_t5_umt5-xxl-enc-bf16.pth", weights_only=True))
     with reference_models._reduced_video_vae(**VAE):
@@ -91,8 +91,10 @@ def read_frames(frames_dir):
 
 
 def run_ours(diffsynth_bin, tmp_path, tiny_dir, dtype, args, quiet=True):
+    """`diffsynth generate` on the folder `tiny_dir`, or on the files of a list (with --tokenizer in args)."""
     out, lat, frames = tmp_path / "ours.mp4", tmp_path / "ours_latents.safetensors", tmp_path / "frames"
-    p = run([diffsynth_bin, "generate", "--model-dir", tiny_dir, "--dtype", dtype, "--threads", "2",
+    models = ["--model-dir", tiny_dir] if isinstance(tiny_dir, str) else [a for f in tiny_dir for a in ("--model", f)]
+    p = run([diffsynth_bin, "generate"] + models + ["--dtype", dtype, "--threads", "2",
              "-o", out, "--save-latents", lat, "--frames-dir", frames] + (["-q"] if quiet else []) + [str(a) for a in args])
     return read_frames(frames), load_file(str(lat))["latents"], p
 
@@ -259,3 +261,94 @@ def test_two_experts_offloaded_equal_resident(tmp_path, diffsynth_bin, a14b_dir)
                                our_args(32, 32, 5, steps=4) + ["--offload", "disk"], quiet=False)
     assert torch.equal(resident, offloaded)
     assert "More than one wan_video_dit models are loaded" in p.stderr, p.stderr
+
+
+# Image-to-video: the tiny Wan2.1-I2V folder the build writes next to tiny-wan (must match
+# diffsynth_make_example --tiny-wan-i2v): the I2V DiT (has_image_input, in_dim 16 + 4 + 16), an
+# FLF2V one (has_image_pos_emb) in flf2v/, the CLIP image encoder at the real token count and
+# width (257 x 1280, what img_emb takes) with one block; tiny-wan's text encoder and VAE.
+I2V_DIT = dict(DIT, has_image_input=True, in_dim=36)
+FLF2V_DIT = dict(I2V_DIT, has_image_pos_emb=True)
+CLIP = dict(embed_dim=32, image_size=112, patch_size=7, vision_dim=1280, vision_mlp_ratio=0.25, vision_heads=10,
+            vision_layers=2)
+CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+
+
+@pytest.fixture(scope="module")
+def i2v_dir(tiny_dir):
+    d = tiny_dir + "-i2v"
+    if not os.path.exists(os.path.join(d, CLIP_FILE)):
+        pytest.fail(f"tiny Wan I2V folder not built at {d} (target tiny_wan_i2v)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def frames_in(tmp_path_factory):
+    """A first and a last frame of another size (80x60: both sides resize them to the video's, PIL
+    bicubic) with smooth structure and some texture."""
+    d = tmp_path_factory.mktemp("frames_in")
+    yy, xx = np.mgrid[0:60, 0:80].astype(np.float64)
+    first = np.stack([xx * 3.2, yy * 4.2, 128 + 90 * np.sin(xx / 5 + yy / 9)], -1)
+    last = np.stack([255 - yy * 4.2, 128 + 90 * np.cos(xx / 4), xx * 3.2], -1)
+    paths = []
+    for name, a in (("first", first), ("last", last)):
+        paths.append(str(d / f"{name}.png"))
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def reference_i2v_pipe(i2v_dir, tokenizer, dtype, dit_kwargs=I2V_DIT, dit_file="diffusion_pytorch_model.safetensors"):
+    from diffsynth.models.wan_video_image_encoder import WanImageEncoder
+    from diffsynth.utils.state_dict_converters.wan_video_image_encoder import WanImageEncoderStateDictConverter
+    pipe = reference_pipe(i2v_dir, tokenizer, dtype, dit_kwargs, dit_file)
+    with reference_models.reduced_clip(**CLIP):
+        encoder = WanImageEncoder().eval()
+    state = WanImageEncoderStateDictConverter(torch.load(f"{i2v_dir}/{CLIP_FILE}", weights_only=True))
+    encoder.load_state_dict(state)  # strict: the file holds exactly the reference's tensors
+    pipe.image_encoder = encoder.to(dtype)
+    return pipe
+
+
+def i2v_files(i2v_dir, dit_file):
+    return [f"{i2v_dir}/{dit_file}", f"{i2v_dir}/models_t5_umt5-xxl-enc-bf16.pth", f"{i2v_dir}/Wan2.1_VAE.pth",
+            f"{i2v_dir}/{CLIP_FILE}"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_image_to_video(tmp_path, diffsynth_bin, i2v_dir, tokenizer, frames_in, dtype):
+    # input_image: the masked first-frame VAE latents y (in_dim 36) and its CLIP features.
+    first = Image.open(frames_in[0])
+    ref = run_reference(reference_i2v_pipe(i2v_dir, tokenizer, getattr(torch, dtype)), input_image=first,
+                        **ref_kwargs(64, 48, 9))
+    vid, lat, _ = run_ours(diffsynth_bin, tmp_path, i2v_dir, dtype, our_args(64, 48, 9) + ["--input-image", frames_in[0]])
+    assert vid.shape == (9, 48, 64, 3) and tuple(lat.shape) == (1, 16, 3, 6, 8)
+    ref_fp32 = None if dtype == "float32" else run_reference(reference_i2v_pipe(i2v_dir, tokenizer, torch.float32),
+                                                              input_image=first, **ref_kwargs(64, 48, 9))
+    compare((vid, lat), ref, dtype, ref_fp32)
+    # The image matters: another first frame gives other latents.
+    _, other, _ = run_ours(diffsynth_bin, tmp_path, i2v_dir, dtype, our_args(64, 48, 9) + ["--input-image", frames_in[1]])
+    assert (other - lat).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("flf2v", [True, False], ids=["flf2v", "i2v_dit"])
+def test_first_last_frame(tmp_path, diffsynth_bin, i2v_dir, tokenizer, frames_in, flf2v):
+    # end_image: the last frame in y and its mask; its CLIP features appended (514 tokens) only for
+    # a DiT with has_image_pos_emb, as the reference does. Tiled at 448 wide (two tiles blended).
+    dit_kwargs, dit_file = (FLF2V_DIT, "flf2v/diffusion_pytorch_model.safetensors") if flf2v else \
+        (I2V_DIT, "diffusion_pytorch_model.safetensors")
+    first, last = (Image.open(f) for f in frames_in)
+    kw = dict(width=448, height=48, num_frames=5, steps=2, cfg=1.0, negative="")
+    ref = run_reference(reference_i2v_pipe(i2v_dir, tokenizer, torch.float32, dit_kwargs, dit_file), input_image=first,
+                        end_image=last, **ref_kwargs(**kw))
+    args = our_args(**kw) + ["--input-image", frames_in[0], "--end-image", frames_in[1],
+                             "--tokenizer", f"{i2v_dir}/google/umt5-xxl"]
+    vid, lat, _ = run_ours(diffsynth_bin, tmp_path, i2v_files(i2v_dir, dit_file), "float32", args)
+    compare((vid, lat), ref, "float32")
+
+
+def test_image_to_video_offloaded_equal_resident(tmp_path, diffsynth_bin, i2v_dir, frames_in):
+    # The image encoder and the VAE onload for their units and offload after (the same numbers).
+    args = our_args(32, 32, 5, steps=2) + ["--input-image", frames_in[0]]
+    _, resident, _ = run_ours(diffsynth_bin, tmp_path, i2v_dir, "float32", args)
+    _, offloaded, _ = run_ours(diffsynth_bin, tmp_path, i2v_dir, "float32", args + ["--offload", "disk"])
+    assert torch.equal(resident, offloaded)
